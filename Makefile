@@ -1,0 +1,21 @@
+# The few commands a contributor needs.
+.PHONY: install demo test lint format benchmark
+
+install:
+	python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"
+
+demo:
+	.venv/bin/hf-ssl pretrain simclr --config scripts/configs/simclr_digits.yaml
+	.venv/bin/hf-ssl evaluate --model_name_or_path runs/simclr-digits --output_file runs/simclr-digits/eval_results.json
+
+test:
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check hf_ssl tests scripts && .venv/bin/ruff format --check hf_ssl tests scripts
+
+format:
+	.venv/bin/ruff format hf_ssl tests scripts && .venv/bin/ruff check --fix hf_ssl tests scripts
+
+benchmark:
+	.venv/bin/python scripts/benchmark_simclr.py

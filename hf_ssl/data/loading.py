@@ -1,0 +1,194 @@
+"""One loader for every way users hold data, and column detection with clear errors.
+
+``load_data`` takes a Hub dataset id (``cifar10``), a local folder (an ``imagefolder`` / ``audiofolder`` tree, a folder
+of parquet/csv/json files, or a ``save_to_disk`` folder), a single data file, or nothing at all (the embedded
+default, which needs no download). ``find_column`` picks the column a modality needs, by feature type or name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+
+logger = logging.getLogger(__name__)
+
+Modality = Literal["image", "audio", "text"]
+
+_FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+_FEATURE_TYPES = {"image": datasets.Image, "audio": datasets.Audio}
+_COLUMN_NAMES = {
+    "image": ("image", "img", "images", "picture", "image_path", "path", "file", "filename"),
+    "audio": ("audio", "speech", "audio_path", "path", "file", "filename"),
+    "text": ("text", "sentence", "content", "document"),
+}
+_LABEL_NAMES = ("label", "labels", "class", "target", "fine_label", "coarse_label")
+DEFAULT_DATASET = "digits"
+
+
+def load_digits_dataset(split: str = "train", test_size: int = 297) -> Dataset:
+    """The embedded default: scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), no download needed.
+
+    A fixed seeded shuffle puts ``1797 - test_size`` images in ``train`` and ``test_size`` in ``test``; ``split``
+    takes the datasets library's syntax (``"train[:500]"``, ``"test[:50%]"``, ``"train+test"``).
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    shuffled = np.random.default_rng(0).permutation(len(digits.images))
+    splits = {"train": shuffled[test_size:], "test": shuffled[:test_size]}
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in splits.items()})
+    except (ValueError, AssertionError) as err:
+        raise ValueError(f"the embedded {DEFAULT_DATASET!r} dataset has splits 'train' and 'test': {err}") from err
+    order = np.concatenate([splits[p.splitname][p.from_ : p.to] for p in parts])
+    pixels = (digits.images[order] * (255 / 16)).round().astype("uint8")
+    features = datasets.Features({"image": datasets.Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
+    return Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target[order].tolist()},
+        features=features,
+    )
+
+
+def load_data(
+    dataset_name: str | None,
+    split: str = "train",
+    config_name: str | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> Dataset | IterableDataset:
+    """Load one split of a dataset, wherever it lives.
+
+    Args:
+        dataset_name: ``None`` or ``"digits"`` for the embedded default; a folder (``imagefolder``-style tree, a
+            folder of data files whose names carry the split, or a ``save_to_disk`` folder); a single
+            ``.parquet/.csv/.tsv/.json/.jsonl/.arrow/.txt`` file (its only split is ``train``); else a Hub id.
+        split: split name, slices allowed where ``datasets`` allows them (``"train[:5000]"``).
+        config_name: the Hub dataset's configuration.
+        streaming: return an ``IterableDataset`` that reads lazily.
+        cache_dir: where ``datasets`` caches downloads.
+
+    Raises:
+        ValueError: the split does not exist (the message lists those that do) or the dataset is empty.
+    """
+    if dataset_name in (None, "", DEFAULT_DATASET):
+        logger.info("no dataset given: using the embedded scikit-learn digits (%s split)", split)
+        ds: Dataset | IterableDataset = load_digits_dataset(split)
+        return ds.to_iterable_dataset() if streaming else ds
+    try:
+        if os.path.isdir(dataset_name) and _is_saved_dataset(dataset_name):
+            saved = load_from_disk(dataset_name)
+            if isinstance(saved, DatasetDict):
+                if split not in saved:
+                    raise ValueError(f'Unknown split "{split}". Should be one of {list(saved)}.')
+                saved = saved[split]
+            ds = saved.to_iterable_dataset() if streaming else saved
+        elif os.path.isfile(dataset_name):
+            builder = _FILE_BUILDERS.get(os.path.splitext(dataset_name)[1].lower())
+            if builder is None:
+                raise ValueError(f"{dataset_name}: unsupported file type; use one of {sorted(_FILE_BUILDERS)}")
+            kwargs = {"delimiter": "\t"} if dataset_name.lower().endswith(".tsv") else {}
+            ds = load_dataset(
+                builder,
+                data_files={"train": dataset_name},
+                split=split,
+                streaming=streaming,
+                cache_dir=cache_dir,
+                **kwargs,
+            )
+        else:
+            ds = load_dataset(dataset_name, config_name, split=split, streaming=streaming, cache_dir=cache_dir)
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # what datasets says of a split with no rows
+            raise ValueError(
+                f"dataset {dataset_name!r}, split {split!r} is empty: there is nothing to train on"
+            ) from err
+        if "split" in str(err).lower():
+            raise ValueError(f"dataset {dataset_name!r} has no split {split!r}: {err}") from err
+        raise
+    if isinstance(ds, Dataset) and len(ds) == 0:
+        raise ValueError(f"dataset {dataset_name!r}, split {split!r} is empty: there is nothing to train on")
+    return ds
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+
+
+def find_column(ds: Dataset | IterableDataset, modality: Modality, column: str | None = None) -> str:
+    """The column holding the ``modality`` data: ``column`` if given (checked), else detected.
+
+    Detection takes the first column typed as that modality (``datasets.Image`` / ``datasets.Audio``), else the
+    first string column with a conventional name (paths for images and audio, text for text).
+
+    Raises:
+        ValueError: naming the column (or listing the columns and their types) when none fits.
+    """
+    features = ds.features
+    if features is None:  # some streaming datasets only know their features after the first row
+        features = datasets.Features.from_dict({k: {"_type": "Value", "dtype": "string"} for k in next(iter(ds))})
+    described = ", ".join(f"{name} ({_type_name(f)})" for name, f in features.items())
+    if column is not None:
+        if column not in features:
+            raise ValueError(f"column {column!r} not found; the dataset has: {described}")
+        if not _fits(features[column], modality):
+            raise ValueError(
+                f"column {column!r} holds {_type_name(features[column])}, not {modality} data; the dataset has: "
+                f"{described}"
+            )
+        return column
+    typed = _FEATURE_TYPES.get(modality)
+    for name, feature in features.items():
+        if typed is not None and isinstance(feature, typed):
+            return name
+    for name in _COLUMN_NAMES[modality]:
+        if name in features and _is_string(features[name]):
+            return name
+    raise ValueError(
+        f"no {modality} column found among: {described}. Name it with --{modality}_column "
+        f"(a {modality} feature{' or a column of file paths' if modality != 'text' else ' of strings'})."
+    )
+
+
+def find_label_column(ds: Dataset | IterableDataset, column: str | None = None) -> str:
+    """The class-label column: ``column`` if given, else the first ``ClassLabel`` or conventionally named one."""
+    features = ds.features or {}
+    if column is not None:
+        if column not in features:
+            raise ValueError(f"label column {column!r} not found; the dataset has: {list(features)}")
+        return column
+    for name, feature in features.items():
+        if isinstance(feature, ClassLabel):
+            return name
+    for name in _LABEL_NAMES:
+        if name in features:
+            return name
+    raise ValueError(f"no label column found among {list(features)}; name it with --label_column")
+
+
+def _fits(feature: object, modality: Modality) -> bool:
+    typed = _FEATURE_TYPES.get(modality)
+    return (typed is not None and isinstance(feature, typed)) or _is_string(feature)
+
+
+def _is_string(feature: object) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _type_name(feature: object) -> str:
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    return type(feature).__name__

@@ -1,0 +1,93 @@
+"""SimCLR configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from transformers import PretrainedConfig
+
+
+class SimCLRConfig(PretrainedConfig):
+    """Configuration of :class:`SimCLRModel` / :class:`SimCLRForPreTraining` (Chen et al., 2020).
+
+    Everything the objective depends on lives here, so ``save_pretrained`` captures a run completely.
+
+    Args:
+        backbone: timm model name, e.g. ``"resnet18"`` or ``"convnext_atto"``.
+        backbone_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``{"drop_path_rate": 0.1}``).
+        pretrained_backbone: start from timm's pretrained weights (needs Hub access). Random init otherwise. Used
+            when the model is built, then set to False, so that loading the saved checkpoint never downloads again.
+        small_image_stem: adapt the backbone's stem to small inputs such as 32x32 through timm's own arguments
+            (ConvNeXt: patch size 2; ViT / MLP-Mixer: ``img_size=image_size``, patch size ``image_size // 8``), so
+            that the exported backbone is rebuilt exactly by ``timm.create_model``.
+        image_size: side of the square crops fed to the backbone.
+        num_channels: input channels.
+        image_mean: normalisation mean; defaults to the backbone's pretrained config (ImageNet statistics).
+        image_std: normalisation std; defaults likewise.
+        projection_hidden_dim: hidden width of the projection MLP.
+        projection_dim: output size of the projection MLP, where the loss is computed.
+        projection_layers: number of Linear layers in the projection MLP (2 in SimCLR v1, 3 in v2).
+        loss_temperature: NT-Xent temperature tau (named so because transformers reserves ``temperature`` for
+            generation).
+        gather_distributed: use the other processes' views as negatives when training on several processes.
+        crop_min_scale: smallest area fraction of the random resized crop.
+        hflip_prob: probability of a horizontal flip.
+        color_jitter_prob: probability of applying colour jitter.
+        color_jitter_strength: strength ``s`` of the jitter: brightness, contrast, saturation ``0.8 s``, hue ``0.2 s``.
+        grayscale_prob: probability of converting a view to grayscale.
+        blur_prob: probability of a Gaussian blur (0.5 on ImageNet in the paper, 0 for CIFAR-sized images).
+    """
+
+    model_type = "hf_ssl_simclr"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained_backbone: bool = False,
+        small_image_stem: bool = False,
+        image_size: int = 224,
+        num_channels: int = 3,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        projection_hidden_dim: int = 2048,
+        projection_dim: int = 128,
+        projection_layers: int = 2,
+        loss_temperature: float = 0.5,
+        gather_distributed: bool = True,
+        crop_min_scale: float = 0.08,
+        hflip_prob: float = 0.5,
+        color_jitter_prob: float = 0.8,
+        color_jitter_strength: float = 0.5,
+        grayscale_prob: float = 0.2,
+        blur_prob: float = 0.0,
+        **kwargs: Any,
+    ):
+        self.backbone = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.pretrained_backbone = pretrained_backbone
+        self.small_image_stem = small_image_stem
+        self.image_size = image_size
+        self.num_channels = num_channels
+        if image_mean is None or image_std is None:
+            pretrained_cfg = timm.get_pretrained_cfg(backbone)
+            default_mean = list(pretrained_cfg.mean) if pretrained_cfg else [0.485, 0.456, 0.406]
+            default_std = list(pretrained_cfg.std) if pretrained_cfg else [0.229, 0.224, 0.225]
+            if num_channels != len(default_mean):  # e.g. grayscale input: one value, the mean over channels
+                default_mean = [sum(default_mean) / len(default_mean)] * num_channels
+                default_std = [sum(default_std) / len(default_std)] * num_channels
+        self.image_mean = list(image_mean) if image_mean is not None else default_mean
+        self.image_std = list(image_std) if image_std is not None else default_std
+        self.projection_hidden_dim = projection_hidden_dim
+        self.projection_dim = projection_dim
+        self.projection_layers = projection_layers
+        self.loss_temperature = loss_temperature
+        self.gather_distributed = gather_distributed
+        self.crop_min_scale = crop_min_scale
+        self.hflip_prob = hflip_prob
+        self.color_jitter_prob = color_jitter_prob
+        self.color_jitter_strength = color_jitter_strength
+        self.grayscale_prob = grayscale_prob
+        self.blur_prob = blur_prob
+        super().__init__(**kwargs)

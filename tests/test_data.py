@@ -1,0 +1,196 @@
+"""Data loading from every source, column detection, validation errors, augmentation and collation."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_ssl import SimCLRConfig
+from hf_ssl.data import (
+    ImageViewsCollator,
+    SimCLRTransform,
+    UndecodableImageError,
+    check_images,
+    eval_transform,
+    find_column,
+    find_label_column,
+    load_data,
+    to_pil,
+    undecoded,
+)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """An imagefolder tree with awkward images: grayscale, RGBA, palette, 16-bit, and ones smaller than the crop."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images" / "train"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "cat" / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8), mode="L").save(root / "cat" / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").save(root / "dog" / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).convert("P").save(root / "dog" / "pal.png")
+    Image.fromarray(rng.integers(0, 65535, (12, 12), dtype=np.uint16)).save(root / "dog" / "deep.png")
+    Image.fromarray(rng.integers(0, 255, (3, 5, 3), dtype=np.uint8)).save(root / "cat" / "tiny.png")
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def config():
+    return SimCLRConfig(backbone="convnext_atto", small_image_stem=True, image_size=32)
+
+
+def test_embedded_digits_default_needs_no_download():
+    train, test = load_data(None, "train"), load_data("digits", "test")
+    assert len(train) + len(test) == 1797 and len(test) == 297
+    assert find_column(train, "image") == "image" and find_label_column(train) == "label"
+    assert train[0]["image"].size == (8, 8)
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        load_data(None, "validation")
+    assert (
+        len(load_data(None, "train[:100]")) == 100 and len(load_data(None, "test[:10%]")) == 30
+    )  # datasets rounds 29.7
+    assert load_data(None, "train[:5]")["label"] == train["label"][:5]
+
+
+def test_image_folder_with_mixed_modes_and_tiny_images_collates(image_folder, config):
+    ds = load_data(str(image_folder), "train")
+    assert len(ds) == 6
+    column = find_column(ds, "image")
+    ds = check_images(undecoded(ds, column), column)
+    batch = ImageViewsCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
+    assert batch["pixel_values"].shape == (6, 2, 3, 32, 32)
+    assert torch.isfinite(batch["pixel_values"]).all()
+    # the two views of one image differ: the augmentation is random per view
+    assert not torch.equal(batch["pixel_values"][:, 0], batch["pixel_values"][:, 1])
+
+
+@pytest.mark.parametrize("name", ["gray.png", "rgba.png", "pal.png", "deep.png"])
+def test_modes_are_converted(image_folder, name):
+    path = next(image_folder.rglob(name))
+    image = to_pil(str(path), "RGB")
+    assert image.mode == "RGB" and image.size == Image.open(path).size
+    assert to_pil(str(path), "L").mode == "L"
+
+
+def test_sixteen_bit_image_keeps_its_contrast(image_folder):
+    image = np.asarray(to_pil(str(next(image_folder.rglob("deep.png"))), "L"))
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_parquet_folder_with_splits(cifar10_dir):
+    ds = load_data(str(cifar10_dir), "test[:50]")
+    assert len(ds) == 50 and isinstance(ds.features["image"], datasets.Image)
+    assert find_label_column(ds) == "label"
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_data(str(cifar10_dir), "validation")
+
+
+def test_single_parquet_file_and_streaming(cifar10_dir, config):
+    ds = load_data(str(cifar10_dir / "test.parquet"), "train[:10]")
+    assert len(ds) == 10
+    stream = load_data(str(cifar10_dir / "test.parquet"), "train", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    column = find_column(stream, "image")
+    rows = list(undecoded(stream, column).take(4))
+    batch = ImageViewsCollator(SimCLRTransform(config), column)(rows)
+    assert batch["pixel_values"].shape == (4, 2, 3, 32, 32)
+
+
+def test_csv_of_image_paths(image_folder, tmp_path, config):
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    csv = tmp_path / "files.csv"
+    csv.write_text("filename,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(paths)))
+    ds = load_data(str(csv), "train")
+    column = find_column(ds, "image")
+    assert column == "filename"
+    batch = ImageViewsCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
+    assert batch["pixel_values"].shape == (len(paths), 2, 3, 32, 32)
+
+
+def test_save_to_disk_folder(tmp_path):
+    load_data(None, "test").save_to_disk(str(tmp_path / "saved"))
+    assert len(load_data(str(tmp_path / "saved"), "train")) == 297  # a single saved Dataset is any split
+
+
+def test_json_lines_file(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": f"sentence {i}"}) + "\n" for i in range(3)))
+    ds = load_data(str(path), "train")
+    assert find_column(ds, "text") == "text"
+    with pytest.raises(ValueError, match="no image column found among: text \\(string\\)"):
+        find_column(ds, "image")
+
+
+def test_column_errors_name_the_problem(image_folder):
+    ds = load_data(str(image_folder), "train")
+    with pytest.raises(ValueError, match="column 'photo' not found; the dataset has: image \\(Image\\), label"):
+        find_column(ds, "image", "photo")
+    with pytest.raises(ValueError, match="column 'label' holds ClassLabel, not image data"):
+        find_column(ds, "image", "label")
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("image,label\n")
+    with pytest.raises(ValueError, match="is empty"):
+        load_data(str(path), "train")
+
+
+def _with_broken_rows(ds: datasets.Dataset, rows: list[int]) -> datasets.Dataset:
+    ds = undecoded(ds, "image")
+
+    def corrupt(example, index):
+        if index in rows:
+            example["image"] = {"bytes": b"not an image at all", "path": f"broken_{index}.png"}
+        return example
+
+    return ds.map(corrupt, with_indices=True)
+
+
+def test_undecodable_images_are_named_by_row():
+    ds = _with_broken_rows(load_data(None, "test"), [3, 40])
+    with pytest.raises(UndecodableImageError, match=r"2 of 297 images cannot be decoded \(rows \[3, 40\]") as err:
+        check_images(ds, "image")
+    assert "broken_40.png" in str(err.value)
+
+
+def test_undecodable_images_can_be_skipped_with_a_count(caplog):
+    ds = _with_broken_rows(load_data(None, "test"), [0, 5, 6])
+    with caplog.at_level("WARNING"):
+        kept = check_images(ds, "image", on_bad_image="skip")
+    assert len(kept) == 294
+    assert "skipping 3 of 297 undecodable images (rows [0, 5, 6])" in caplog.text
+
+
+def test_streamed_broken_image_is_skipped_by_the_collator(config, caplog):
+    rows = [{"image": {"bytes": b"broken", "path": "x.jpg"}}, {"image": Image.new("RGB", (8, 8))}]
+    with caplog.at_level("WARNING"):
+        batch = ImageViewsCollator(SimCLRTransform(config), "image")(rows)
+    assert batch["pixel_values"].shape[0] == 1 and "x.jpg" in caplog.text
+    with pytest.raises(UndecodableImageError, match="no image of this batch"):
+        ImageViewsCollator(SimCLRTransform(config), "image")(rows[:1])
+
+
+def test_augmentation_follows_the_config():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    plain = SimCLRConfig(
+        image_size=16, crop_min_scale=1.0, hflip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0,
+        image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+    )  # fmt: skip
+    views = SimCLRTransform(plain)(image)
+    # with every random op disabled and a full-area crop (aspect ratio fixed by the square input) both views are
+    # the plain resize, equal to the deterministic evaluation transform
+    assert views.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(views[0], views[1])
+    torch.testing.assert_close(views[0], eval_transform(plain)(image), atol=1e-6, rtol=0)
+    gray = SimCLRConfig(image_size=16, grayscale_prob=1.0, color_jitter_prob=0.0)
+    gray_views = SimCLRTransform(gray)(image)
+    # grayscale: the channels only differ by the per-channel normalisation
+    mean, std = torch.tensor(gray.image_mean)[:, None, None], torch.tensor(gray.image_std)[:, None, None]
+    raw = gray_views[0] * std + mean
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
