@@ -17,8 +17,12 @@ Both run in one process, alternating (a, b, then b, a, ...) ``--repeats`` times;
 Same rows, batch size, workers, seed and optimizer (AdamW, same lr). A timed step is end to end: waiting for
 the batch (decode + augmentation + collation, in the workers or, with ``--num_workers 0``, in the main
 process), forward, backward and optimizer step; ``--warmup`` steps run first and are not timed. Throughput
-counts images, not views. Each run also reports how its time splits between waiting for data and computing.
-fp32 on CPU.
+counts images, not views. Each run also reports how its time splits between waiting for data and computing,
+and the throughput at its median step (less sensitive to bursts of load from other processes). fp32 on CPU.
+
+On a small shared machine, pass ``--num_threads 1``: with one OpenMP thread per core, any other busy process
+stalls every parallel op at its barrier, and steps become several times slower, by amounts that differ
+from run to run; one thread leaves a core to the DataLoader worker and to the rest of the machine.
 """
 
 from __future__ import annotations
@@ -29,18 +33,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-DEFAULT_DATA = "/work/shared/data/vision/cifar10"
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "vision" / "cifar10")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="dataset folder / file / Hub id (load_data)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="local dataset folder or file (load_data)")
     parser.add_argument("--split", default="train", help="split; the first warmup+steps batches are used")
     parser.add_argument("--backbone", default="convnext_atto", help="timm model name")
     stem = parser.add_mutually_exclusive_group()
