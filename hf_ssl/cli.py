@@ -67,6 +67,10 @@ class EvaluationArguments:
     output_file: str | None = field(default=None, metadata={"help": "Write the results here as JSON."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours in the kNN vote."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
+    probe_max_iter: int = field(
+        default=100,
+        metadata={"help": "L-BFGS iterations of the linear probe at most (scikit-learn's default is also 100)."},
+    )
     batch_size: int = field(default=256, metadata={"help": "Feature-extraction batch size."})
     baselines: bool = field(default=True, metadata={"help": "Also evaluate raw pixels and a random-init backbone."})
     seed: int = field(default=0, metadata={"help": "Seed for the random-init baseline and the probe."})

@@ -273,11 +273,12 @@ def test_cli_evaluate_writes_json_and_prints_the_table(checkpoint, tmp_path, cap
     output_file = tmp_path / "cli.json"
     main(
         ["evaluate", "--model_name_or_path", checkpoint, "--dataset_name", str(tmp_path / "small")]
-        + ["--output_file", str(output_file), "--no_baselines", "--knn_k", "5"]
+        + ["--output_file", str(output_file), "--no_baselines", "--knn_k", "5", "--probe_max_iter", "7"]
     )
     results = json.loads(output_file.read_text())
     assert "baselines" not in results and results["num_train"] == 120 and results["num_test"] == 40
     assert results["knn"]["k"] == 5 and 0.0 <= results["knn"]["accuracy"] <= 1.0
+    assert results["linear_probe"]["max_iter"] == 7
     printed = capsys.readouterr().out
     assert "pretrained" in printed and "raw pixels" not in printed and "k=5" in printed
     assert f"{100 * results['knn']['accuracy']:.1f}%" in printed

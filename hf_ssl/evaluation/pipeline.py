@@ -141,12 +141,22 @@ def _protocols(
     (train_x, train_y), (test_x, test_y) = (tuple(t.to(device) for t in pair) for pair in (train, test))
     knn = knn_accuracy(train_x, train_y, test_x, test_y, args.knn_k, args.knn_temperature, num_classes=num_classes)
     probe = linear_probe_accuracy(
-        train_x, train_y, test_x, test_y, num_classes=num_classes, weight_decay=LINEAR_PROBE_WEIGHT_DECAY
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        weight_decay=LINEAR_PROBE_WEIGHT_DECAY,
+        max_iter=args.probe_max_iter,
     )
     return {
         "num_features": train_x.shape[1],
         "knn": {"accuracy": knn, "k": args.knn_k, "temperature": args.knn_temperature},
-        "linear_probe": {"accuracy": probe, "weight_decay": LINEAR_PROBE_WEIGHT_DECAY},
+        "linear_probe": {
+            "accuracy": probe,
+            "weight_decay": LINEAR_PROBE_WEIGHT_DECAY,
+            "max_iter": args.probe_max_iter,
+        },
     }
 
 
