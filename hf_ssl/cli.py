@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 import yaml
 from transformers import AutoConfig, HfArgumentParser, set_seed
 
@@ -243,6 +244,11 @@ def pretrain(objective: Objective, argv: list[str]) -> str:
         logger.info("saved the model to %s", training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    # every process waits for the main one to finish writing, then leaves the process group cleanly (a process
+    # that exits with gloo's threads still running aborts, and torchrun then fails the whole run)
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return training_args.output_dir
 
 
