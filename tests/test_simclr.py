@@ -82,3 +82,12 @@ def test_loss_goes_down_on_real_images(tiny_simclr_config):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_checkpoint_of_a_pretrained_start_loads_offline_and_keeps_its_provenance(tiny_simclr_config, tmp_path):
+    model = SimCLRForPreTraining(tiny_simclr_config)
+    model.config.pretrained_backbone = True  # as if the run had started from timm's weights
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)  # would need the Hub (offline in tests) if it fetched timm weights
+    assert loaded.config.pretrained_backbone is True
+    torch.testing.assert_close(loaded.backbone.stem[0].weight, model.simclr.backbone.stem[0].weight)

@@ -16,8 +16,8 @@ class SimCLRConfig(PretrainedConfig):
     Args:
         backbone: timm model name, e.g. ``"resnet18"`` or ``"convnext_atto"``.
         backbone_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``{"drop_path_rate": 0.1}``).
-        pretrained_backbone: start from timm's pretrained weights (needs Hub access). Random init otherwise. Used
-            when the model is built, then set to False, so that loading the saved checkpoint never downloads again.
+        pretrained_backbone: start from timm's pretrained weights (needs Hub access). Random init otherwise.
+            Loading a checkpoint never downloads them: its own weights replace them.
         small_image_stem: adapt the backbone's stem to small inputs such as 32x32 through timm's own arguments
             (ConvNeXt: patch size 2; ViT / MLP-Mixer: ``img_size=image_size``, patch size ``image_size // 8``), so
             that the exported backbone is rebuilt exactly by ``timm.create_model``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,9 @@ class SimCLRForPreTrainingOutput(ModelOutput):
     features: torch.Tensor | None = None
 
 
+_LOADING = contextvars.ContextVar("hf_ssl_simclr_loading_checkpoint", default=False)
+
+
 class SimCLRPreTrainedModel(PreTrainedModel):
     config_class = SimCLRConfig
     config: SimCLRConfig
@@ -75,6 +79,14 @@ class SimCLRPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        token = _LOADING.set(True)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            _LOADING.reset(token)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The timm backbone initialises itself when it is built (and is overwritten when loaded); only our own
@@ -102,8 +114,8 @@ class SimCLRModel(SimCLRPreTrainedModel):
 
     def __init__(self, config: SimCLRConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config, pretrained=config.pretrained_backbone)
-        config.pretrained_backbone = False  # the weights now live in this model and in its checkpoints
+        # timm's weights are fetched for a new model only: a checkpoint being loaded replaces them anyway
+        self.backbone = create_backbone(config, pretrained=config.pretrained_backbone and not _LOADING.get())
         self.post_init()
 
     @property
