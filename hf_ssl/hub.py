@@ -346,8 +346,7 @@ def export_simclr(context: ExportContext) -> None:
     all reproduce the backbone and its input pipeline.
     """
     config: SimCLRConfig = context.config  # type: ignore[assignment]
-    # pretrained_backbone=False: the checkpoint's weights replace timm's anyway, so never download them here
-    model, info = AutoModel.from_pretrained(context.model_dir, pretrained_backbone=False, output_loading_info=True)
+    model, info = AutoModel.from_pretrained(context.model_dir, output_loading_info=True)
     if not isinstance(model, SimCLRModel):
         raise TypeError(f"expected AutoModel to build a SimCLRModel from {context.model_dir}, got {type(model)}")
     if info.get("missing_keys"):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import torch
 from datasets import ClassLabel, Dataset
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from hf_ssl.data import (
     DEFAULT_DATASET,
@@ -36,10 +36,8 @@ LINEAR_PROBE_WEIGHT_DECAY = 1e-4
 
 
 def _no_pretrained_download(config: PretrainedConfig) -> PretrainedConfig:
-    """A copy of ``config`` whose backbone is built without fetching timm's pretrained weights.
-
-    Loading a checkpoint overwrites them anyway, and they would make the random-init baseline not random.
-    """
+    """A copy of ``config`` whose backbone is built without fetching timm's pretrained weights, which would make
+    the random-init baseline not random."""
     config = copy.deepcopy(config)
     if getattr(config, "pretrained_backbone", False):
         config.pretrained_backbone = False
@@ -52,8 +50,8 @@ def load_backbone(model_name_or_path: str) -> PreTrainedModel:
     Raises:
         ValueError: the checkpoint lacks weights the backbone needs (they would silently stay random).
     """
-    config = _no_pretrained_download(AutoConfig.from_pretrained(model_name_or_path))
-    model, info = AutoModel.from_pretrained(model_name_or_path, config=config, output_loading_info=True)
+    # from_pretrained never fetches timm's weights: the checkpoint's own replace them
+    model, info = AutoModel.from_pretrained(model_name_or_path, output_loading_info=True)
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(item) for item in info.get("mismatched_keys") or ())
     if missing or mismatched:
