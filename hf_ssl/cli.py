@@ -1,81 +1,69 @@
 """``hf-ssl pretrain|evaluate|export``: HfArgumentParser front ends, configurable by flags and YAML/JSON files.
 
-Every ``TrainingArguments`` flag works, and every hyperparameter of the objective's config is a flag of its own
-(``--backbone``, ``--loss_temperature``, ...), generated from the config class so the two never drift apart.
+Every ``TrainingArguments`` flag works, the objective's data flags, and every hyperparameter of the objective's
+config is a flag of its own (``--backbone``, ``--loss_temperature``, ...), generated from the config class so the
+two never drift apart. Mistakes a user can fix (:class:`~hf_ssl.errors.UsageError`) end as one line,
+``hf-ssl: error: ...``, exit status 2; ``--debug`` (or ``HF_SSL_DEBUG=1``) shows their traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
-from transformers import AutoConfig, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
-import hf_ssl
-from hf_ssl.data import check_images, find_column, load_data, undecoded
-from hf_ssl.objectives import OBJECTIVES, Objective, get_objective
-from hf_ssl.trainer import RUN_INFO_FILE, SSLTrainer, SSLTrainingArguments
+from hf_ssl._version import __version__
+from hf_ssl.callbacks import BatchRandomnessCallback, RunInfo, RunInfoCallback
+from hf_ssl.data import data_source, load_data
+from hf_ssl.data.collators import SeededCollator
+from hf_ssl.errors import UsageError
+from hf_ssl.evaluation.arguments import EvaluationArguments
+from hf_ssl.objectives import COMMANDS, OBJECTIVES, Objective, PreparedData, get_objective
+from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
 
 logger = logging.getLogger("hf_ssl")
 
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
+
     dataset_name: str | None = field(
         default=None,
         metadata={
             "help": "Hub id, local folder (imagefolder, data files, save_to_disk) or a single data file. "
-            "Empty: the embedded scikit-learn digits, no download."
+            "Empty: the objective's embedded default dataset, no download."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on; slices like train[:5000]."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected if not given)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset (needs --max_steps)."})
-    on_bad_image: Literal["error", "skip"] = field(
-        default="error",
-        metadata={"help": "Undecodable images, found before training: stop naming them, or skip."},
-    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets caches downloads."})
 
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
+
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Continue from this checkpoint (its config and weights) instead of a new model."},
+        metadata={
+            "help": "Start from this checkpoint's weights and config (flags override its hyperparameters); "
+            "--resume_from_checkpoint continues an interrupted run instead."
+        },
     )
-
-
-@dataclass
-class EvaluationArguments:
-    model_name_or_path: str = field(metadata={"help": "Checkpoint folder (a pretraining output_dir)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "As for pretrain; empty: embedded digits."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    split: str = field(default="test", metadata={"help": "Split evaluated on."})
-    train_split: str = field(default="train", metadata={"help": "Split the kNN bank and linear probe train on."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected if not given)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected if not given)."})
-    output_file: str | None = field(default=None, metadata={"help": "Write the results here as JSON."})
-    knn_k: int = field(default=20, metadata={"help": "Neighbours in the kNN vote."})
-    knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
-    probe_max_iter: int = field(
-        default=100,
-        metadata={"help": "L-BFGS iterations of the linear probe at most (scikit-learn's default is also 100)."},
-    )
-    batch_size: int = field(default=256, metadata={"help": "Feature-extraction batch size."})
-    baselines: bool = field(default=True, metadata={"help": "Also evaluate raw pixels and a random-init backbone."})
-    seed: int = field(default=0, metadata={"help": "Seed for the random-init baseline and the probe."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where datasets caches downloads."})
 
 
 @dataclass
@@ -90,6 +78,10 @@ class ExportArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository to push to (user/name)."})
     hub_token: str | None = field(default=None, metadata={"help": "Token for the Hub (default: the saved login)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repository as private."})
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise UsageError("--push_to_hub needs --hub_model_id (user/name)")
 
 
 def config_arguments(config_class: type) -> type:
@@ -114,7 +106,9 @@ def config_arguments(config_class: type) -> type:
             kind = {"bool": bool, "int": int, "float": float}.get(annotation.split(" ")[0], str)
         help_text = docs.get(name, "") + f" (default: {param.default})"
         fields.append((name, kind | None, field(default=None, metadata={"help": help_text})))
-    return dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
+    arguments = dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
+    arguments._argument_group_name = f"objective ({config_class.__name__}; saved in config.json)"
+    return arguments
 
 
 def _docstring_args(doc: str) -> dict[str, str]:
@@ -123,10 +117,26 @@ def _docstring_args(doc: str) -> dict[str, str]:
     return {name: " ".join(text.split()) for name, text in entries}
 
 
-def make_parser(*dataclass_types: type) -> HfArgumentParser:
-    """An ``HfArgumentParser`` in which optional booleans (``bool | None``, default ``None``) may also be given as a
-    bare ``--flag`` meaning true, as plain boolean fields can."""
-    parser = HfArgumentParser(dataclass_types)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not where the help already states it, nor ``None`` (the config's own default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "(default:" in help_text or action.default is None or action.default is argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def make_parser(*dataclass_types: type, prog: str = "hf-ssl") -> HfArgumentParser:
+    """An ``HfArgumentParser`` that takes flags only as written (no abbreviations), named ``prog`` in its usage, in
+    which optional booleans (``bool | None``, default ``None``) may also be given as a bare ``--flag`` meaning
+    true, as plain boolean fields can."""
+    parser = HfArgumentParser(dataclass_types, prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter)
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML or JSON file of flag values; flags given after it override them."
+    )
+    if "--debug" not in parser._option_string_actions:  # pretrain: TrainingArguments' own --debug says the same
+        parser.add_argument("--debug", action="store_true", help="Show the traceback of errors (also HF_SSL_DEBUG=1).")
     optional_bools = {
         f.name for t in dataclass_types for f in dataclasses.fields(t) if f.type == bool | None and f.default is None
     }
@@ -149,18 +159,39 @@ def config_overrides(args: Any) -> dict[str, Any]:
 
 
 def parse(parser: HfArgumentParser, argv: list[str]) -> tuple[Any, ...]:
-    """Parse ``argv``; ``--config FILE`` (YAML or JSON) supplies values that flags given after it override."""
+    """Parse ``argv`` into the parser's dataclasses; ``--config FILE`` (YAML or JSON) supplies values that flags
+    given after it override. Keys and flags must be written out in full.
+
+    Raises:
+        UsageError: an unreadable config file, or a key of it that is no flag.
+    """
+    argv = [a for a in argv if a != "--debug"]
     if "--config" in argv:
         at = argv.index("--config")
         if at + 1 >= len(argv):
-            raise SystemExit("--config needs a file")
+            raise UsageError("--config needs a file")
         path = argv[at + 1]
-        with open(path) as handle:
-            values = yaml.safe_load(handle) if path.endswith((".yaml", ".yml")) else json.load(handle)
+        try:
+            with open(path) as handle:
+                values = yaml.safe_load(handle) if path.endswith((".yaml", ".yml")) else json.load(handle)
+        except (OSError, yaml.YAMLError, json.JSONDecodeError) as err:
+            raise UsageError(f"--config {path}: cannot read it: {err}") from err
         if not isinstance(values, dict):
-            raise SystemExit(f"{path}: expected a mapping of argument names to values")
+            raise UsageError(f"--config {path}: expected a mapping of flag names to values")
+        known = {option for action in parser._actions for option in action.option_strings}
+        unknown = [key for key in values if f"--{key}" not in known]
+        if unknown:
+            raise UsageError(f"--config {path}: unknown keys {unknown}; each key must be a flag of this command")
         argv = _as_flags(values) + argv[:at] + argv[at + 2 :]
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except UsageError:
+        raise
+    except ValueError as err:  # TrainingArguments' own checks of their values
+        raise UsageError(str(err).strip().splitlines()[0]) from err
+    if remaining:
+        raise UsageError(f"unrecognised arguments: {' '.join(remaining)} (see --help)")
+    return tuple(p for p in parsed if dataclasses.is_dataclass(p))
 
 
 def _as_flags(values: dict[str, Any]) -> list[str]:
@@ -176,105 +207,182 @@ def _as_flags(values: dict[str, Any]) -> list[str]:
     return flags
 
 
+@dataclass
+class PretrainArguments:
+    """Everything ``hf-ssl pretrain <objective>`` was given, by group."""
+
+    data: DataArguments
+    objective_data: Any
+    model: ModelArguments
+    training: SSLTrainingArguments
+    config_overrides: dict[str, Any]
+
+
+def parse_pretrain_args(objective: Objective, argv: list[str]) -> PretrainArguments:
+    parser = make_parser(
+        ModelArguments,
+        DataArguments,
+        objective.data_arguments,
+        config_arguments(objective.config_class),
+        SSLTrainingArguments,
+        prog=f"hf-ssl pretrain {objective.name}",
+    )
+    model_args, data_args, objective_data, config_args, training_args = parse(parser, argv)
+    if training_args.resume_from_checkpoint is not None and training_args.resume_from_checkpoint.lower() in (
+        "true",
+        "yes",
+        "1",
+    ):
+        training_args.resume_from_checkpoint = True  # the HF habit: the newest checkpoint in output_dir
+    return PretrainArguments(data_args, objective_data, model_args, training_args, config_overrides(config_args))
+
+
+def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None, min_batch_size: int = 1) -> int:
+    """The number of optimisation steps the run will take, checked before training starts.
+
+    Raises:
+        UsageError: a batch too small for the objective, fewer examples than one batch of all processes, no step
+            at all, or a streamed dataset without ``--max_steps``.
+    """
+    per_device = args.per_device_train_batch_size
+    if per_device < min_batch_size:
+        raise UsageError(
+            f"--per_device_train_batch_size {per_device}: this objective needs at least {min_batch_size} examples "
+            "per batch on each process (the other examples of a batch are its negatives)"
+        )
+    if num_examples is None:
+        if args.max_steps <= 0:
+            raise UsageError("--streaming needs --max_steps: a streamed dataset has no known length")
+        return args.max_steps
+    global_batch = per_device * args.world_size
+    batches = num_examples // global_batch if args.dataloader_drop_last else math.ceil(num_examples / global_batch)
+    if batches < 1:
+        raise UsageError(
+            f"{num_examples} training examples make no full batch of {per_device} per device x {args.world_size} "
+            "processes; lower --per_device_train_batch_size or use more data"
+        )
+    if args.max_steps > 0:
+        return args.max_steps
+    steps = math.ceil(batches / args.gradient_accumulation_steps * args.num_train_epochs)
+    if steps < 1:
+        raise UsageError(f"--num_train_epochs {args.num_train_epochs} gives no optimisation step")
+    return steps
+
+
+def _check_resume(args: SSLTrainingArguments) -> None:
+    resume = args.resume_from_checkpoint
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not os.path.isdir(args.output_dir) or get_last_checkpoint(args.output_dir) is None:
+            raise UsageError(f"--resume_from_checkpoint true: no checkpoint-* folder in {args.output_dir}")
+    elif resume and not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        raise UsageError(f"--resume_from_checkpoint {resume}: not a checkpoint folder (no trainer_state.json)")
+
+
 def pretrain(objective: Objective, argv: list[str]) -> str:
-    """Parse ``argv`` and pretrain ``objective``; returns the output folder."""
-    parser = make_parser(DataArguments, ModelArguments, SSLTrainingArguments, config_arguments(objective.config_class))
-    data_args, model_args, training_args, config_args = parse(parser, argv)
-    set_seed(training_args.seed)
+    """Pretrain ``objective`` as ``argv`` says: parse, prepare, build, train, save. Returns the output folder."""
+    args = parse_pretrain_args(objective, argv)
+    set_seed(args.training.seed)
+    config = objective.make_config(args.config_overrides, args.model.model_name_or_path)
+    prepared, run_info = prepare(objective, args, config)
+    model = objective.make_model(config, args.model.model_name_or_path)
+    trainer = build_trainer(objective, args, model, prepared, run_info)
+    train(trainer, args.training)
+    save(trainer, args.training)
+    return args.training.output_dir
 
+
+def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple[PreparedData, RunInfo]:
+    """Load the data, let the objective prepare it, and check the run can take at least one step."""
+    _check_resume(args.training)
+    data = args.data
     dataset = load_data(
-        data_args.dataset_name,
-        data_args.train_split,
-        config_name=data_args.dataset_config_name,
-        streaming=data_args.streaming,
-        cache_dir=data_args.cache_dir,
+        data.dataset_name,
+        data.train_split,
+        config_name=data.dataset_config_name,
+        streaming=data.streaming,
+        cache_dir=data.cache_dir,
+        default=objective.default_dataset,
     )
-    column = find_column(dataset, objective.modality, data_args.image_column)
-    if objective.modality == "image":
-        dataset = undecoded(dataset, column)
-        if not data_args.streaming:
-            dataset = check_images(dataset, column, data_args.on_bad_image)
+    prepared = objective.prepare_data(dataset, config, args.objective_data)
+    num_examples = None if data.streaming else len(prepared.dataset)
+    steps = optimisation_steps(args.training, num_examples, objective.min_batch_size)
+    logger.info("%s on %s examples: %d optimisation steps", objective.name, num_examples or "streamed", steps)
+    run_info = RunInfo(
+        objective=objective.name,
+        hf_ssl_version=__version__,
+        dataset_name=data.dataset_name,
+        dataset_source=data_source(data.dataset_name, dataset),
+        dataset_config_name=data.dataset_config_name,
+        train_split=data.train_split,
+        columns=prepared.columns,
+        num_examples=num_examples,
+        num_skipped=prepared.num_skipped,
+        modality=objective.modality,
+    )
+    return prepared, run_info
 
-    overrides = config_overrides(config_args)
-    if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **overrides)
-        model = objective.model_class.from_pretrained(model_args.model_name_or_path, config=config)
-    else:
-        config = objective.config_class(**overrides)
-        model = objective.model_class(config)
 
-    trainer = SSLTrainer(
+def build_trainer(
+    objective: Objective, args: PretrainArguments, model: Any, prepared: PreparedData, run_info: RunInfo
+) -> SSLTrainer:
+    callbacks = [RunInfoCallback(run_info), *objective.callbacks(model.config)]
+    if isinstance(prepared.collator, SeededCollator):
+        callbacks.append(BatchRandomnessCallback(prepared.collator))
+    return SSLTrainer(
         model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=objective.make_collator(model.config, column),
+        args=args.training,
+        train_dataset=prepared.dataset,
+        data_collator=prepared.collator,
+        processing_class=prepared.processing_class,
+        callbacks=callbacks,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+
+def train(trainer: SSLTrainer, args: SSLTrainingArguments) -> None:
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if result.global_step < 1:
+        raise UsageError("training ran no optimisation step; nothing was saved")
+
+
+def save(trainer: SSLTrainer, args: SSLTrainingArguments) -> None:
+    """Save the model (and its processing class), push it if asked, and leave the process group cleanly."""
     trainer.save_model()
     if trainer.is_world_process_zero():
-        run_info = {
-            "objective": objective.name,
-            "hf_ssl_version": hf_ssl.__version__,
-            "dataset_name": data_args.dataset_name or "digits (embedded scikit-learn digits)",
-            "dataset_config_name": data_args.dataset_config_name,
-            "train_split": data_args.train_split,
-            "column": column,
-            "num_examples": None if data_args.streaming else len(dataset),
-            "global_step": result.global_step,
-            "train_metrics": result.metrics,
-            "log_history": trainer.state.log_history,
-            "training_args": {
-                key: getattr(training_args, key)
-                for key in (
-                    "max_steps",
-                    "num_train_epochs",
-                    "per_device_train_batch_size",
-                    "gradient_accumulation_steps",
-                    "learning_rate",
-                    "weight_decay",
-                    "lr_scheduler_type",
-                    "warmup_steps",
-                    "seed",
-                )
-            }
-            | {"world_size": training_args.world_size, "optim": str(training_args.optim)},
-        }
-        with open(os.path.join(training_args.output_dir, RUN_INFO_FILE), "w") as handle:
-            json.dump(run_info, handle, indent=2, default=str)
-        logger.info("saved the model to %s", training_args.output_dir)
-    if training_args.push_to_hub:
+        logger.info("saved the model to %s", args.output_dir)
+    if args.push_to_hub:
         trainer.push_to_hub()
     # every process waits for the main one to finish writing, then leaves the process group cleanly (a process
     # that exits with gloo's threads still running aborts, and torchrun then fails the whole run)
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return training_args.output_dir
 
 
 def evaluate_command(argv: list[str]) -> dict[str, Any]:
     from hf_ssl.evaluation import evaluate, format_table
 
-    (args,) = parse(make_parser(EvaluationArguments), argv)
+    (args,) = parse(make_parser(EvaluationArguments, prog="hf-ssl evaluate"), argv)
     results = evaluate(args)
     print(format_table(results))
     return results
 
 
 def export_command(argv: list[str]) -> str:
-    from hf_ssl.hub import export_backbone, push_folder
+    from hf_ssl.export import check_export, export_backbone
+    from hf_ssl.hub import push_folder
 
     # positional MODEL_DIR OUTPUT_DIR, as in `hf-ssl export DIR OUT`
     positional = [a for a in argv[:2] if not a.startswith("--")]
     argv = [f"--{name}={value}" for name, value in zip(("model_dir", "output_dir"), positional, strict=False)] + argv[
         len(positional) :
     ]
-    (args,) = parse(make_parser(ExportArguments), argv)
+    (args,) = parse(make_parser(ExportArguments, prog="hf-ssl export"), argv)
+    check_export(args.model_dir, args.output_dir)
     out = export_backbone(args.model_dir, args.output_dir, eval_file=args.eval_file)
     print(f"exported to {out}")
     if args.push_to_hub:
-        if not args.hub_model_id:
-            raise SystemExit("--push_to_hub needs --hub_model_id")
         url = push_folder(out, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
         print(f"pushed to {url}")
     return str(out)
@@ -282,31 +390,63 @@ def export_command(argv: list[str]) -> str:
 
 USAGE = """usage: hf-ssl <command> ...
 
-  hf-ssl pretrain <objective> [--config FILE] [flags]   objectives: {objectives}
+  hf-ssl pretrain <objective> [--config FILE] [flags]
   hf-ssl evaluate --model_name_or_path DIR [--dataset_name D] [--split test] [--output_file F.json]
   hf-ssl export MODEL_DIR OUTPUT_DIR [--push_to_hub --hub_model_id user/name]
+  hf-ssl --version
 
-Add --help after a command (and objective) for every flag."""
+objectives:
+{objectives}
+
+Add --help after a command (and objective) for every flag; --debug shows the traceback of an error."""
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    usage = USAGE.format(objectives=", ".join(sorted(OBJECTIVES)))
+def usage() -> str:
+    width = max(len(name) for name in OBJECTIVES)
+    lines = [f"  {name.ljust(width)}  {OBJECTIVES[name].summary}" for name in sorted(OBJECTIVES)]
+    return USAGE.format(objectives="\n".join(lines))
+
+
+def run(argv: list[str]) -> None:
+    """Dispatch ``argv`` (without the program name) to a command."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
+        print(usage())
+        return
+    if argv[0] == "--version":
+        print(f"hf-ssl {__version__}")
         return
     command, rest = argv[0], argv[1:]
     if command == "pretrain":
         if not rest or rest[0].startswith("-"):
-            raise SystemExit(f"hf-ssl pretrain needs an objective: {', '.join(sorted(OBJECTIVES))}")
+            if rest and rest[0] in ("-h", "--help"):
+                print(usage())
+                return
+            raise UsageError(f"hf-ssl pretrain needs an objective: {', '.join(sorted(OBJECTIVES))}")
         pretrain(get_objective(rest[0]), rest[1:])
     elif command == "evaluate":
         evaluate_command(rest)
     elif command == "export":
         export_command(rest)
+    elif command in COMMANDS:
+        COMMANDS[command](rest)
     else:
-        raise SystemExit(f"unknown command {command!r}\n\n{usage}")
+        known = ", ".join(["pretrain", "evaluate", "export", *sorted(COMMANDS)])
+        raise UsageError(f"unknown command {command!r}; commands: {known} (see hf-ssl --help)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``hf-ssl`` console script: one line and exit status 2 for a :class:`~hf_ssl.errors.UsageError`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HF_SSL_DEBUG", "") not in ("", "0")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        run(argv)
+    except UsageError as err:
+        if debug:
+            raise
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"hf-ssl: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

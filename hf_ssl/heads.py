@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,3 +38,13 @@ class SimCLRProjectionHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, input_dim)`` -> ``(B, output_dim)``."""
         return self.layers(features)
+
+
+@torch.no_grad()
+def representation_std(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the batch std of L2-normalised embeddings ``(..., D)`` (a monitor, no gradient).
+
+    About ``1 / sqrt(D)`` for spread-out embeddings, near 0 when they collapse to one point
+    (the collapse monitor of SimSiam, Chen & He 2021, sec. 4.1).
+    """
+    return F.normalize(embeddings.float().flatten(0, -2), dim=-1).std(dim=0).mean()

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
-RUN_INFO_FILE = "hf_ssl_run.json"  # what a pretraining run leaves beside its weights: data, arguments, log history
+from hf_ssl.errors import UsageError
+
+
+class TrainingDiverged(UsageError):
+    """The loss became non-finite; the message names the step."""
 
 
 @dataclass
@@ -31,45 +34,62 @@ class SSLTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints to keep."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all columns for the collator."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue an interrupted run from this checkpoint folder, or 'true' for the newest checkpoint-* "
+            "in output_dir; the result equals the uninterrupted run."
+        },
+    )
+    debug: str = field(
+        default="",
+        metadata={"help": "A bare --debug shows the traceback of errors (also HF_SSL_DEBUG=1)."},
+    )
 
     def __post_init__(self) -> None:
         # Launched on several processes (torchrun / accelerate launch) on a machine with no accelerator: without
         # use_cpu, transformers would not set up the (gloo) process group and each process would train alone.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             self.use_cpu = True
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every DataLoader
         super().__post_init__()
 
 
-def representation_std(embeddings: torch.Tensor) -> torch.Tensor:
-    """Mean over dimensions of the batch std of L2-normalised embeddings ``(N, D)``.
-
-    About ``1 / sqrt(D)`` for spread-out embeddings, near 0 when they collapse to one point
-    (the collapse monitor of SimSiam, Chen & He 2021, sec. 4.1).
-    """
-    return F.normalize(embeddings.detach().float().flatten(0, -2), dim=-1).std(dim=0).mean()
-
-
 class SSLTrainer(Trainer):
-    """A thin ``Trainer``: the model computes its own loss; every scalar the model outputs besides ``loss``
-    (loss components) and the std of its normalised ``projections`` (``embedding_std``) are averaged between
-    logging steps and logged with the loss and learning rate."""
+    """A thin ``Trainer``: the model computes its own loss; every scalar the model outputs besides ``loss`` (loss
+    components, monitors such as ``embedding_std``, ``accuracy``) is summed on the device between logging steps
+    and logged, averaged, with the loss and learning rate: one device sync per logging step, none per step.
+
+    A non-finite loss stops training at once (:class:`TrainingDiverged`), naming the step, before its gradient
+    reaches the weights, so no checkpoint is ever written with NaN weights.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._extra: dict[str, list[float]] = defaultdict(list)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = defaultdict(int)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(
+                    f"training stopped at step {self.state.global_step + 1}: the loss is {loss.detach().float().item()}"
+                    " (a learning rate or temperature too extreme for this data?); nothing was saved from this step"
+                )
             for name, value in outputs.items():
                 if name != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
-                    self._extra[name].append(value.detach().float().item())
-            if outputs.get("projections") is not None:
-                self._extra["embedding_std"].append(representation_std(outputs["projections"]).item())
-        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+                    value = value.detach().float()
+                    self._sums[name] = self._sums[name] + value if name in self._sums else value
+                    self._counts[name] += 1
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log: attach the averages gathered since the last one
-            logs.update({name: sum(v) / len(v) for name, v in self._extra.items() if v})
-            self._extra.clear()
+        if "loss" in logs and self._sums:  # a training log: attach the averages gathered since the last one
+            names = list(self._sums)
+            means = torch.stack([self._sums[name] / self._counts[name] for name in names]).tolist()  # one sync
+            logs.update(zip(names, means, strict=True))
+            self._sums.clear()
+            self._counts.clear()
         super().log(logs, start_time)

@@ -1,5 +1,6 @@
 """Data loading from every source, column detection, validation errors, augmentation and collation."""
 
+import io
 import json
 
 import datasets
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from hf_ssl import SimCLRConfig
 from hf_ssl.data import (
@@ -14,10 +16,11 @@ from hf_ssl.data import (
     SimCLRTransform,
     UndecodableImageError,
     check_images,
-    eval_transform,
+    data_source,
     find_column,
     find_label_column,
     load_data,
+    prepare_images,
     to_pil,
     undecoded,
 )
@@ -99,6 +102,7 @@ def test_single_parquet_file_and_streaming(cifar10_dir, config):
     rows = list(undecoded(stream, column).take(4))
     batch = ImageViewsCollator(SimCLRTransform(config), column)(rows)
     assert batch["pixel_values"].shape == (4, 2, 3, 32, 32)
+    assert "local file" in data_source(str(cifar10_dir / "test.parquet"), stream)
 
 
 def test_csv_of_image_paths(image_folder, tmp_path, config):
@@ -165,15 +169,49 @@ def test_undecodable_images_can_be_skipped_with_a_count(caplog):
         kept = check_images(ds, "image", on_bad_image="skip")
     assert len(kept) == 294
     assert "skipping 3 of 297 undecodable images (rows [0, 5, 6])" in caplog.text
+    everything = _with_broken_rows(load_data(None, "test[:4]"), [0, 1, 2, 3])
+    with pytest.raises(UndecodableImageError, match="none of the 4 images can be decoded"):
+        check_images(everything, "image", on_bad_image="skip")
 
 
-def test_streamed_broken_image_is_skipped_by_the_collator(config, caplog):
-    rows = [{"image": {"bytes": b"broken", "path": "x.jpg"}}, {"image": Image.new("RGB", (8, 8))}]
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_streamed_broken_image_is_filtered_before_batching(config, caplog):
+    """Skipped before batching, so batches stay full (a collator that dropped rows would make uneven batches)."""
+    rows = [{"image": {"bytes": _png(i), "path": f"{i}.png"}} for i in range(6)]
+    rows.insert(2, {"image": {"bytes": b"broken", "path": "x.jpg"}})
+    stream = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_iterable_dataset()
+    filtered, _ = prepare_images(stream, "image", "skip")
     with caplog.at_level("WARNING"):
-        batch = ImageViewsCollator(SimCLRTransform(config), "image")(rows)
-    assert batch["pixel_values"].shape[0] == 1 and "x.jpg" in caplog.text
-    with pytest.raises(UndecodableImageError, match="no image of this batch"):
-        ImageViewsCollator(SimCLRTransform(config), "image")(rows[:1])
+        batches = list(
+            torch.utils.data.DataLoader(
+                filtered, batch_size=3, collate_fn=ImageViewsCollator(SimCLRTransform(config), "image")
+            )
+        )
+    assert [b["pixel_values"].shape[0] for b in batches] == [3, 3] and "x.jpg" in caplog.text
+    strict, _ = prepare_images(stream, "image", "error")
+    with pytest.raises(UndecodableImageError, match="x.jpg.*--on_bad_image skip"):
+        list(strict)
+
+
+def test_collator_randomness_depends_on_the_batch_position_only(config):
+    """Batch k of a run draws the same augmentations whatever came before (what makes resuming exact)."""
+    rows = [{"image": Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))}] * 2
+    collator = ImageViewsCollator(SimCLRTransform(config), "image")
+    collator.set_position(seed=3, rank=0, batches_done=0)
+    first, second = collator(rows)["pixel_values"], collator(rows)["pixel_values"]
+    assert not torch.equal(first, second)  # each batch draws anew
+    torch.manual_seed(123)  # the global generator plays no part ...
+    collator.set_position(seed=3, rank=0, batches_done=1)
+    before = torch.random.get_rng_state()
+    torch.testing.assert_close(collator(rows)["pixel_values"], second)
+    assert torch.equal(torch.random.get_rng_state(), before)  # ... and is left as it was
+    collator.set_position(seed=3, rank=1, batches_done=1)
+    assert not torch.equal(collator(rows)["pixel_values"], second)  # other processes draw differently
 
 
 def test_augmentation_follows_the_config():
@@ -187,7 +225,8 @@ def test_augmentation_follows_the_config():
     # the plain resize, equal to the deterministic evaluation transform
     assert views.shape == (2, 3, 16, 16)
     torch.testing.assert_close(views[0], views[1])
-    torch.testing.assert_close(views[0], eval_transform(plain)(image), atol=1e-6, rtol=0)
+    resize = v2.Compose([v2.Resize(16, antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    torch.testing.assert_close(views[0], resize(image), atol=1e-6, rtol=0)
     gray = SimCLRConfig(image_size=16, grayscale_prob=1.0, color_jitter_prob=0.0)
     gray_views = SimCLRTransform(gray)(image)
     # grayscale: the channels only differ by the per-channel normalisation

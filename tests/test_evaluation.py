@@ -11,21 +11,23 @@ import torch
 from datasets import DatasetDict, Value
 from safetensors.torch import load_file, save_file
 
-from hf_ssl import SimCLRForPreTraining
-from hf_ssl.cli import EvaluationArguments, main
-from hf_ssl.data import ImageClassificationCollator, load_digits_dataset, undecoded
+from hf_ssl import SimCLRForPreTraining, UsageError
+from hf_ssl.backbones import load_backbone
+from hf_ssl.cli import main
+from hf_ssl.data import load_digits_dataset, undecoded
 from hf_ssl.evaluation import (
+    EvaluationArguments,
+    FeatureCollator,
     evaluate,
     extract_feature_sets,
     extract_features,
     fit_linear_probe,
     format_markdown_table,
     format_table,
-    image_preprocessing,
+    image_preprocessor,
     knn_accuracy,
     knn_predict,
     linear_probe_accuracy,
-    load_backbone,
     random_init_backbone,
     raw_pixels,
     result_rows,
@@ -171,8 +173,7 @@ def digits_rows():
 
 def test_extract_features_matches_a_direct_forward_pass(tiny_simclr_config, digits_rows):
     model = SimCLRForPreTraining(tiny_simclr_config).simclr  # left in training mode on purpose
-    transform, mode = image_preprocessing(tiny_simclr_config)
-    collator = ImageClassificationCollator(transform, "image", "label", mode=mode)
+    collator = FeatureCollator(image_preprocessor("unused", tiny_simclr_config), "image", "label")
     features, labels = extract_features(model, digits_rows, collator, batch_size=7)  # 7 does not divide 20
     assert model.training, "the model's mode must be restored"
 
@@ -205,8 +206,12 @@ def test_load_backbone_returns_the_saved_weights_and_refuses_incomplete_ones(tin
     dropped = [name for name in weights if name.startswith("simclr.backbone.stem")]
     assert dropped
     save_file({k: v for k, v in weights.items() if k not in dropped}, tmp_path / "model.safetensors", {"format": "pt"})
-    with pytest.raises(ValueError, match=rf"{len(dropped)} backbone weights are missing.*stem"):
+    with pytest.raises(UsageError, match=rf"{len(dropped)} backbone weights are missing.*stem"):
         load_backbone(str(tmp_path))
+    with pytest.raises(UsageError, match="/nonexistent: no such checkpoint folder"):
+        load_backbone("/nonexistent")
+    with pytest.raises(UsageError, match="not a checkpoint folder"):
+        load_backbone(str(tmp_path / ".."))
 
 
 def test_random_init_backbone_is_seeded_and_leaves_the_global_rng_alone(tiny_simclr_config):
@@ -243,7 +248,7 @@ def test_evaluate_end_to_end_on_digits(checkpoint, tmp_path, tiny_simclr_config)
     results = evaluate(EvaluationArguments(model_name_or_path=checkpoint, output_file=str(output_file)))
 
     assert json.loads(output_file.read_text()) == results  # JSON-able, and written where asked
-    assert results["model"] == checkpoint and results["dataset"] == "digits"
+    assert results["model"] == checkpoint and results["dataset"] == "digits" and results["modality"] == "image"
     assert (results["split"], results["train_split"]) == ("test", "train")
     assert (results["num_train"], results["num_test"], results["num_classes"]) == (1500, 297, 10)
     backbone_features = SimCLRForPreTraining(tiny_simclr_config).simclr.num_features
@@ -327,8 +332,8 @@ def test_tables_show_each_evaluated_feature_set_in_percent():
     entry = {"knn": {"accuracy": 0.9734, "k": 20, "temperature": 0.07}, "linear_probe": {"accuracy": 0.5}}
     results = {**entry, "baselines": {"raw_pixels": {"knn": {"accuracy": 0.12}, "linear_probe": {"accuracy": 1.0}}}}
     assert result_rows(results) == [
-        {"name": "pretrained", "knn": "97.3%", "linear_probe": "50.0%"},
-        {"name": "raw pixels", "knn": "12.0%", "linear_probe": "100.0%"},
+        {"name": "pretrained", "cells": {"knn": "97.3%", "linear_probe": "50.0%"}},
+        {"name": "raw pixels", "cells": {"knn": "12.0%", "linear_probe": "100.0%"}},
     ]
     lines = format_table(results).splitlines()
     assert len({len(line) for line in lines}) == 1  # aligned: every line as wide as the dashes

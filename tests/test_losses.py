@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hf_ssl.losses
 from hf_ssl import SimCLRConfig, SimCLRForPreTraining
 from hf_ssl.heads import SimCLRProjectionHead
 from hf_ssl.losses import NTXentLoss, nt_xent_loss
@@ -199,3 +200,36 @@ def test_simclr_output_shapes_and_loss():
     torch.testing.assert_close(out.loss, expected)
     with pytest.raises(ValueError, match=r"\(B, 2, C, H, W\)"):
         model(torch.randn(4, 3, 32, 32))
+
+
+def test_simclr_loss_follows_the_configured_temperature():
+    """The model's loss is NT-Xent at ITS temperature (a model ignoring the config would use the default 0.5)."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 2, 3, 32, 32)
+    for temperature in (0.1, 2.0):
+        model = _tiny_simclr(loss_temperature=temperature).train()
+        out = model(x)
+        expected = nt_xent_loss(out.projections[:, 0], out.projections[:, 1], temperature)
+        torch.testing.assert_close(out.loss, expected)
+        assert not torch.allclose(out.loss, nt_xent_loss(out.projections[:, 0], out.projections[:, 1], 0.5))
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_simclr_gathers_negatives_only_when_configured(monkeypatch, gather):
+    """Under several processes the model gathers the other processes' views exactly when gather_distributed is set
+    (a stand-in gather that appends a fixed block of views makes the difference visible in the loss)."""
+    calls = []
+
+    def fake_gather(tensor):
+        calls.append(tuple(tensor.shape))
+        return torch.cat([tensor, torch.nn.functional.normalize(torch.ones_like(tensor), dim=1)])
+
+    monkeypatch.setattr(hf_ssl.losses, "is_distributed", lambda: True)
+    monkeypatch.setattr(hf_ssl.losses, "get_rank", lambda: 0)
+    monkeypatch.setattr(hf_ssl.losses, "all_gather_with_grad", fake_gather)
+    model = _tiny_simclr(gather_distributed=gather).train()
+    torch.manual_seed(1)
+    out = model(torch.randn(4, 2, 3, 32, 32))
+    assert bool(calls) is gather
+    local = nt_xent_loss(out.projections[:, 0], out.projections[:, 1], 0.5, gather_distributed=False)
+    assert torch.allclose(out.loss, local) is not gather

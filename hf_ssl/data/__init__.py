@@ -1,10 +1,18 @@
 """Data: loading from anywhere, column detection and validation, augmentations and collators."""
 
-from hf_ssl.data.augmentations import SimCLRTransform, eval_transform
-from hf_ssl.data.collators import ImageClassificationCollator, ImageViewsCollator
-from hf_ssl.data.images import UndecodableImageError, check_images, to_pil, undecoded
+from hf_ssl.data.augmentations import SimCLRTransform
+from hf_ssl.data.collators import ImageViewsCollator, SeededCollator
+from hf_ssl.data.images import (
+    ImageDataArguments,
+    UndecodableImageError,
+    check_images,
+    prepare_images,
+    to_pil,
+    undecoded,
+)
 from hf_ssl.data.loading import (
     DEFAULT_DATASET,
+    data_source,
     find_column,
     find_label_column,
     load_data,
@@ -13,16 +21,18 @@ from hf_ssl.data.loading import (
 
 __all__ = [
     "DEFAULT_DATASET",
-    "ImageClassificationCollator",
+    "ImageDataArguments",
     "ImageViewsCollator",
+    "SeededCollator",
     "SimCLRTransform",
     "UndecodableImageError",
     "check_images",
-    "eval_transform",
+    "data_source",
     "find_column",
     "find_label_column",
     "load_data",
     "load_digits_dataset",
+    "prepare_images",
     "to_pil",
     "undecoded",
 ]

@@ -10,14 +10,6 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 
-def _normalize(config: Any) -> list[v2.Transform]:
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(config.image_mean, config.image_std),
-    ]
-
-
 class SimCLRTransform:
     """The SimCLR augmentation (Chen et al., 2020, appendix A), applied ``num_views`` times to one image.
 
@@ -64,9 +56,3 @@ class SimCLRTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         views = torch.stack([self.augment(image) for _ in range(self.num_views)])  # (V, C, H, W) uint8
         return F.normalize(F.to_dtype(views, torch.float32, scale=True), self.mean, self.std)
-
-
-def eval_transform(config: Any) -> v2.Compose:
-    """Deterministic preprocessing for feature extraction: resize the short side, centre crop, normalise."""
-    size = config.image_size
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_normalize(config)])

@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
-from hf_ssl.data.images import UndecodableImageError, to_pil
+from hf_ssl.data.images import to_pil
 
 logger = logging.getLogger(__name__)
 
 
-class ImageViewsCollator:
-    """Rows with an image column -> ``{"pixel_values": (B, V, C, H, W)}`` of augmented views.
+class SeededCollator:
+    """Base of collators that draw random numbers (augmentations, masks): batch ``k`` of a run, on process ``rank``,
+    draws them from the CPU generator seeded with ``(seed, rank, k)``, whatever the worker that builds it.
 
-    Undecodable images (possible only where :func:`~hf_ssl.data.images.check_images` did not run, e.g. when
-    streaming) are skipped with a warning naming the file; a batch with no decodable image is an error.
+    Randomness is then a function of the position in the run, so resuming from a checkpoint reproduces the
+    uninterrupted run (see :class:`~hf_ssl.callbacks.BatchRandomnessCallback`, which sets the position), and the
+    global generator is left as it was.
+    """
+
+    _seed: int = 0
+    _rank: int = 0
+    _start: int = 0
+    _count: int = 0
+
+    def set_position(self, seed: int, rank: int, batches_done: int) -> None:
+        """The next batch built is batch ``batches_done`` of the run on process ``rank``."""
+        self._seed, self._rank, self._start, self._count = seed, rank, batches_done, 0
+
+    def _next_batch_seed(self) -> int:
+        worker = get_worker_info()  # worker w of W builds batches w, w + W, w + 2W, ... of each pass
+        offset = self._count if worker is None else worker.id + self._count * worker.num_workers
+        self._count += 1
+        key = f"{self._seed}:{self._rank}:{self._start + offset}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+    @contextlib.contextmanager
+    def batch_rng(self) -> Iterator[None]:
+        """Within this block the global CPU generator is seeded for the next batch; it is restored afterwards."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._next_batch_seed())
+            yield
+
+
+class ImageViewsCollator(SeededCollator):
+    """Rows with an image column -> ``{"pixel_values": (B, V, C, H, W)}`` of augmented views, seeded per batch.
+
+    Every row must decode (:func:`~hf_ssl.data.images.prepare_images` checked or filtered them): a collator that
+    dropped rows would give processes batches of different sizes.
 
     Args:
         transform: PIL image -> ``(V, C, H, W)`` tensor, e.g. :class:`~hf_ssl.data.augmentations.SimCLRTransform`.
@@ -29,29 +65,6 @@ class ImageViewsCollator:
         self.transform, self.image_column, self.mode = transform, image_column, mode
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        views = []
-        for row in rows:
-            try:
-                views.append(self.transform(to_pil(row[self.image_column], self.mode, where="a streamed row")))
-            except UndecodableImageError as err:
-                logger.warning("skipped: %s", err)
-        if not views:
-            raise UndecodableImageError(f"no image of this batch of {len(rows)} rows could be decoded")
+        with self.batch_rng():
+            views = [self.transform(to_pil(row[self.image_column], self.mode)) for row in rows]
         return {"pixel_values": torch.stack(views)}
-
-
-class ImageClassificationCollator:
-    """Rows -> ``{"pixel_values": (B, C, H, W), "labels": (B,)}`` with a deterministic transform (evaluation)."""
-
-    def __init__(self, transform: Callable[[Any], torch.Tensor], image_column: str, label_column: str, mode="RGB"):
-        self.transform, self.image_column, self.label_column, self.mode = (
-            transform,
-            image_column,
-            label_column,
-            mode,
-        )
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixels = [self.transform(to_pil(row[self.image_column], self.mode)) for row in rows]
-        labels = torch.tensor([int(row[self.label_column]) for row in rows])
-        return {"pixel_values": torch.stack(pixels), "labels": labels}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import datasets
@@ -11,11 +13,27 @@ import numpy as np
 from datasets import Dataset, IterableDataset
 from PIL import Image
 
+from hf_ssl.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
-class UndecodableImageError(ValueError):
+class UndecodableImageError(UsageError):
     """An image could not be read; the message names where it came from."""
+
+
+@dataclass
+class ImageDataArguments:
+    """Data flags of image objectives."""
+
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Image column (default: the first Image column, or a column of paths named image/path/...)."},
+    )
+    on_bad_image: Literal["error", "skip"] = field(
+        default="error",
+        metadata={"help": "Undecodable images: 'error' stops before training naming their rows; 'skip' drops them."},
+    )
 
 
 def to_pil(value: Any, mode: str = "RGB", where: str = "") -> Image.Image:
@@ -101,6 +119,8 @@ def check_images(
                 bad.append((start + offset, str(err)))
     if not bad:
         return ds
+    if len(bad) == len(ds):
+        raise UndecodableImageError(f"none of the {len(ds)} images can be decoded; the first: {bad[0][1]}")
     if on_bad_image == "error":
         shown = "\n  ".join(message for _, message in bad[:10])
         raise UndecodableImageError(
@@ -110,3 +130,33 @@ def check_images(
     logger.warning("skipping %d of %d undecodable images (rows %s)", len(bad), len(ds), [r for r, _ in bad[:20]])
     bad_rows = {row for row, _ in bad}
     return ds.select([i for i in range(len(ds)) if i not in bad_rows])
+
+
+def _decodes(value: Any, on_bad_image: str = "skip") -> bool:
+    try:
+        to_pil(value, where="a streamed row")
+    except UndecodableImageError as err:
+        if on_bad_image == "error":
+            raise UndecodableImageError(f"{err}; pass --on_bad_image skip to drop such images") from err
+        logger.warning("skipping a streamed image: %s", err)
+        return False
+    return True
+
+
+def prepare_images(
+    ds: Dataset | IterableDataset, column: str, on_bad_image: Literal["error", "skip"] = "error"
+) -> tuple[Dataset | IterableDataset, int]:
+    """``ds`` ready for an image collator: raw values in ``column``, undecodable rows handled before batching.
+
+    A map-style dataset is checked whole before training (:func:`check_images`). A streamed one is checked row by
+    row as it is read (an error, or with ``"skip"`` a logged skip), ahead of batching, so every batch stays full
+    and the processes of a multi-process run get batches of one size.
+
+    Returns:
+        ``(dataset, number of rows skipped)``; the count is ``0`` for a streamed dataset (its skips are logged).
+    """
+    ds = undecoded(ds, column)
+    if isinstance(ds, IterableDataset):
+        return ds.filter(functools.partial(_decodes, on_bad_image=on_bad_image), input_columns=[column]), 0
+    checked = check_images(ds, column, on_bad_image)
+    return checked, len(ds) - len(checked)

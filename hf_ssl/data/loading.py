@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Literal
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+
+from hf_ssl.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def load_digits_dataset(split: str = "train", test_size: int = 297) -> Dataset:
     try:
         parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in splits.items()})
     except (ValueError, AssertionError) as err:
-        raise ValueError(f"the embedded {DEFAULT_DATASET!r} dataset has splits 'train' and 'test': {err}") from err
+        raise UsageError(f"the embedded {DEFAULT_DATASET!r} dataset has splits 'train' and 'test': {err}") from err
     order = np.concatenate([splits[p.splitname][p.from_ : p.to] for p in parts])
     pixels = (digits.images[order] * (255 / 16)).round().astype("uint8")
     features = datasets.Features({"image": datasets.Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
@@ -69,37 +72,43 @@ def load_data(
     config_name: str | None = None,
     streaming: bool = False,
     cache_dir: str | None = None,
+    default: tuple[str, Callable[[str], Dataset]] | None = (DEFAULT_DATASET, load_digits_dataset),
 ) -> Dataset | IterableDataset:
-    """Load one split of a dataset, wherever it lives.
+    """Load one split of a dataset, wherever it lives, and log where it came from (:func:`data_source`).
 
     Args:
-        dataset_name: ``None`` or ``"digits"`` for the embedded default; a folder (``imagefolder``-style tree, a
+        dataset_name: ``None`` or the default's name for the embedded default; a folder (``imagefolder``-style tree, a
             folder of data files whose names carry the split, or a ``save_to_disk`` folder); a single
             ``.parquet/.csv/.tsv/.json/.jsonl/.arrow/.txt`` file (its only split is ``train``); else a Hub id.
         split: split name, slices allowed where ``datasets`` allows them (``"train[:5000]"``).
         config_name: the Hub dataset's configuration.
         streaming: return an ``IterableDataset`` that reads lazily.
         cache_dir: where ``datasets`` caches downloads.
+        default: ``(name, loader)`` of the embedded default dataset (the objective's; digits for images).
 
     Raises:
-        ValueError: the split does not exist (the message lists those that do) or the dataset is empty.
+        UsageError: the split does not exist (the message lists those that do), the dataset is empty, or
+            ``dataset_name`` is neither a file, a folder nor a dataset the Hub (or the offline cache) has.
     """
-    if dataset_name in (None, "", DEFAULT_DATASET):
-        logger.info("no dataset given: using the embedded scikit-learn digits (%s split)", split)
-        ds: Dataset | IterableDataset = load_digits_dataset(split)
+    if not dataset_name and default is None:
+        raise UsageError("--dataset_name is required: there is no embedded default dataset for this data kind")
+    default_name, default_loader = default or (None, None)
+    if dataset_name in (None, "", default_name):
+        logger.info("no dataset given: using the embedded default %r (%s split)", default_name, split)
+        ds: Dataset | IterableDataset = default_loader(split)
         return ds.to_iterable_dataset() if streaming else ds
     try:
         if os.path.isdir(dataset_name) and _is_saved_dataset(dataset_name):
             saved = load_from_disk(dataset_name)
             if isinstance(saved, DatasetDict):
                 if split not in saved:
-                    raise ValueError(f'Unknown split "{split}". Should be one of {list(saved)}.')
+                    raise UsageError(f'Unknown split "{split}". Should be one of {list(saved)}.')
                 saved = saved[split]
             ds = saved.to_iterable_dataset() if streaming else saved
         elif os.path.isfile(dataset_name):
             builder = _FILE_BUILDERS.get(os.path.splitext(dataset_name)[1].lower())
             if builder is None:
-                raise ValueError(f"{dataset_name}: unsupported file type; use one of {sorted(_FILE_BUILDERS)}")
+                raise UsageError(f"{dataset_name}: unsupported file type; use one of {sorted(_FILE_BUILDERS)}")
             kwargs = {"delimiter": "\t"} if dataset_name.lower().endswith(".tsv") else {}
             ds = load_dataset(
                 builder,
@@ -110,18 +119,45 @@ def load_data(
                 **kwargs,
             )
         else:
+            looks_local = dataset_name.startswith((".", "/", "~")) or dataset_name.endswith(tuple(_FILE_BUILDERS))
+            if looks_local and not os.path.exists(dataset_name):
+                raise UsageError(f"--dataset_name {dataset_name}: no such file or folder")
             ds = load_dataset(dataset_name, config_name, split=split, streaming=streaming, cache_dir=cache_dir)
+    except UsageError:
+        raise
+    except FileNotFoundError as err:
+        raise UsageError(f"--dataset_name {dataset_name}: not a local file or folder, and {err}") from err
+    except ConnectionError as err:
+        raise UsageError(f"--dataset_name {dataset_name}: cannot reach the Hub and no cached copy: {err}") from err
     except ValueError as err:
         if "corresponds to no data" in str(err):  # what datasets says of a split with no rows
-            raise ValueError(
+            raise UsageError(
                 f"dataset {dataset_name!r}, split {split!r} is empty: there is nothing to train on"
             ) from err
         if "split" in str(err).lower():
-            raise ValueError(f"dataset {dataset_name!r} has no split {split!r}: {err}") from err
+            raise UsageError(f"dataset {dataset_name!r} has no split {split!r}: {err}") from err
         raise
     if isinstance(ds, Dataset) and len(ds) == 0:
-        raise ValueError(f"dataset {dataset_name!r}, split {split!r} is empty: there is nothing to train on")
+        raise UsageError(f"dataset {dataset_name!r}, split {split!r} is empty: there is nothing to train on")
+    logger.info("dataset %r, split %r: %s", dataset_name, split, data_source(dataset_name, ds))
     return ds
+
+
+def data_source(dataset_name: str | None, ds: Dataset | IterableDataset | None = None) -> str:
+    """Where ``dataset_name`` was read from, in words: a local path (resolved), or a Hub id and the cache files it
+    was read from (offline, ``datasets`` may answer a Hub id from a cache another folder of that name left)."""
+    if not dataset_name:
+        return "the embedded default dataset"
+    if os.path.exists(dataset_name):
+        kind = "folder" if os.path.isdir(dataset_name) else "file"
+        return f"local {kind} {os.path.abspath(dataset_name)}"
+    source = f"Hub dataset {dataset_name!r}"
+    files = [f["filename"] for f in getattr(ds, "cache_files", None) or []]
+    if files:
+        source += f", read from the cache {os.path.dirname(files[0])}"
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        source += " (offline: only cached data could be used)"
+    return source
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -143,9 +179,9 @@ def find_column(ds: Dataset | IterableDataset, modality: Modality, column: str |
     described = ", ".join(f"{name} ({_type_name(f)})" for name, f in features.items())
     if column is not None:
         if column not in features:
-            raise ValueError(f"column {column!r} not found; the dataset has: {described}")
+            raise UsageError(f"column {column!r} not found; the dataset has: {described}")
         if not _fits(features[column], modality):
-            raise ValueError(
+            raise UsageError(
                 f"column {column!r} holds {_type_name(features[column])}, not {modality} data; the dataset has: "
                 f"{described}"
             )
@@ -157,7 +193,7 @@ def find_column(ds: Dataset | IterableDataset, modality: Modality, column: str |
     for name in _COLUMN_NAMES[modality]:
         if name in features and _is_string(features[name]):
             return name
-    raise ValueError(
+    raise UsageError(
         f"no {modality} column found among: {described}. Name it with --{modality}_column "
         f"(a {modality} feature{' or a column of file paths' if modality != 'text' else ' of strings'})."
     )
@@ -168,7 +204,7 @@ def find_label_column(ds: Dataset | IterableDataset, column: str | None = None) 
     features = ds.features or {}
     if column is not None:
         if column not in features:
-            raise ValueError(f"label column {column!r} not found; the dataset has: {list(features)}")
+            raise UsageError(f"label column {column!r} not found; the dataset has: {list(features)}")
         return column
     for name, feature in features.items():
         if isinstance(feature, ClassLabel):
@@ -176,7 +212,7 @@ def find_label_column(ds: Dataset | IterableDataset, column: str | None = None) 
     for name in _LABEL_NAMES:
         if name in features:
             return name
-    raise ValueError(f"no label column found among {list(features)}; name it with --label_column")
+    raise UsageError(f"no label column found among {list(features)}; name it with --label_column")
 
 
 def _fits(feature: object, modality: Modality) -> bool:

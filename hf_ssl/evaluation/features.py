@@ -1,16 +1,72 @@
-"""Frozen-feature extraction: run a dataset through one or several encoders in a single decoding pass."""
+"""Frozen-feature extraction: ``model(**inputs)`` then a pooler, for several encoders in one decoding pass.
+
+Which pooler a checkpoint's backbone needs is registered per ``model_type`` (:func:`register_features`, called when an
+objective is registered); checkpoints with no registration (e.g. an exported timm backbone) use ``pooler_output``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import PretrainedConfig
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]
-"""``pixel_values (B, C, H, W) -> features (B, F)``."""
+from hf_ssl.data.loading import Modality
+from hf_ssl.errors import UsageError
+
+Encoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+"""``inputs (e.g. {"pixel_values": (B, C, H, W)}) -> features (B, F)``."""
+
+
+def pooler_output(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The default pooler: the backbone's own ``pooler_output (B, F)``."""
+    return outputs.pooler_output
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How evaluation gets features from an objective's backbone checkpoints.
+
+    Args:
+        modality: the data kind the backbone reads (chooses the task: preprocessing and baselines).
+        pool: ``(model outputs, inputs) -> (B, F)`` features; default the backbone's ``pooler_output``.
+        description: what the features are, in words, reported in the results (``"mean of patch tokens"``).
+        extra_metrics: ``(model, test dataset, input column, preprocessor) -> {key: results}``: the objective's own
+            measures on the evaluated split (e.g. masked-token accuracy), merged into the results.
+    """
+
+    modality: Modality
+    pool: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = pooler_output
+    description: str = "pooler_output"
+    extra_metrics: Callable[[Any, Any, str, Callable], dict[str, Any]] | None = None
+
+
+FEATURE_SPECS: dict[str, FeatureSpec] = {}
+# backbones exported by hf_ssl in their ecosystem's format, read back through transformers' wrappers
+FEATURE_SPECS["timm_wrapper"] = FeatureSpec("image", description="pooled timm features (pooler_output)")
+
+
+def register_features(model_type: str, spec: FeatureSpec) -> None:
+    """Tell evaluation how to get features from checkpoints of ``model_type``."""
+    FEATURE_SPECS[model_type] = spec
+
+
+def feature_spec(config: PretrainedConfig) -> FeatureSpec:
+    """The :class:`FeatureSpec` of a checkpoint's config.
+
+    Raises:
+        UsageError: no objective registered features for its ``model_type``.
+    """
+    spec = FEATURE_SPECS.get(config.model_type)
+    if spec is None:
+        raise UsageError(
+            f"cannot evaluate a {config.model_type!r} checkpoint; known model types: {', '.join(sorted(FEATURE_SPECS))}"
+        )
+    return spec
 
 
 def default_device() -> torch.device:
@@ -18,22 +74,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def raw_pixels(pixel_values: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline encoder: ``(B, C, H, W) -> (B, C * H * W)``, the preprocessed pixels, flat."""
-    return pixel_values.flatten(1)
+def model_encoder(model: nn.Module, pool: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = pooler_output):
+    """Wrap a backbone as an :data:`Encoder`: ``pool(model(**inputs), inputs)``.
 
-
-def model_encoder(model: nn.Module) -> Encoder:
-    """Wrap a backbone whose ``forward(pixel_values=...)`` returns ``pooler_output (B, F)`` as an encoder.
-
-    The inputs are cast to the model's dtype (a checkpoint may be stored in bfloat16) and moved to its device.
+    Floating-point inputs are cast to the model's dtype (a checkpoint may be stored in bfloat16); all are moved to
+    its device.
     """
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None else torch.float32
     device = parameter.device if parameter is not None else torch.device("cpu")
 
-    def encode(pixel_values: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values=pixel_values.to(device=device, dtype=dtype)).pooler_output
+    def encode(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        moved = {
+            key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+            for key, value in inputs.items()
+        }
+        return pool(model(**moved), moved)
 
     return encode
 
@@ -47,19 +103,17 @@ def extract_feature_sets(
     device: torch.device | str | None = None,
     num_workers: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every row of ``dataset`` under each encoder, decoding and preprocessing each image once.
+    """Features of every row of ``dataset`` under each encoder, decoding and preprocessing each row once.
 
     Modules are put in eval mode for the pass (and restored afterwards) and moved to ``device``.
 
     Args:
-        encoders: name -> an ``nn.Module`` backbone (called as ``model(pixel_values=...).pooler_output``) or a
-            plain :data:`Encoder` callable such as :func:`raw_pixels`.
+        encoders: name -> an ``nn.Module`` backbone (pooled by ``pooler_output``) or an :data:`Encoder`.
         dataset: a map-style dataset whose rows ``collator`` accepts.
-        collator: rows -> ``{"pixel_values": (B, C, H, W), "labels": (B,)}``, e.g.
-            :class:`~hf_ssl.data.ImageClassificationCollator`.
+        collator: rows -> model inputs plus ``labels (B,)``.
         batch_size: rows per forward pass.
         device: where the encoders run; default: CUDA when available, else the CPU.
-        num_workers: DataLoader worker processes decoding the images.
+        num_workers: DataLoader worker processes decoding the rows.
 
     Returns:
         ``({name: (N, F_name) float32 CPU tensor}, labels (N,) int64)``, in dataset order.
@@ -79,15 +133,16 @@ def extract_feature_sets(
     labels: list[torch.Tensor] = []
     try:
         for batch in loader:
-            pixel_values = batch["pixel_values"].to(device)  # (B, C, H, W)
+            batch_labels = batch.pop("labels")
+            inputs = {key: value.to(device) for key, value in batch.items()}
             for name, encode in functions.items():
-                chunks[name].append(encode(pixel_values).float().cpu())  # (B, F)
-            labels.append(batch["labels"].long())
+                chunks[name].append(encode(inputs).float().cpu())  # (B, F)
+            labels.append(batch_labels.long())
     finally:
         for name, module in modules.items():
             module.train(was_training[name])
     if not labels:
-        raise ValueError("the dataset is empty: there are no features to extract")
+        raise UsageError("the dataset is empty: there are no features to extract")
     return {name: torch.cat(parts) for name, parts in chunks.items()}, torch.cat(labels)
 
 
@@ -99,16 +154,7 @@ def extract_features(
     device: torch.device | str | None = None,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features of every row of ``dataset``: ``model(pixel_values=...).pooler_output`` in eval mode.
-
-    Args:
-        model: a backbone returning ``pooler_output (B, F)`` (e.g. :class:`~hf_ssl.SimCLRModel`), or an
-            :data:`Encoder` callable.
-        dataset: a map-style dataset whose rows ``collator`` accepts.
-        collator: rows -> ``{"pixel_values": (B, C, H, W), "labels": (B,)}``.
-        batch_size: rows per forward pass.
-        device: where the model runs; default: CUDA when available, else the CPU.
-        num_workers: DataLoader worker processes decoding the images.
+    """Frozen features of every row of ``dataset`` under one encoder (see :func:`extract_feature_sets`).
 
     Returns:
         ``(features (N, F) float32, labels (N,) int64)``, both on the CPU, in dataset order.

@@ -1,48 +1,62 @@
-"""Evaluation results as text: an aligned table for the terminal, Markdown for model cards."""
+"""Evaluation results as text: an aligned table for the terminal, Markdown for model cards.
+
+Rows and columns come from the result keys: the evaluated model, then each entry of ``baselines``; one column per
+protocol present (kNN, linear probe, STS), so a new task or baseline needs no change here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-# (row name, where its results sit in the evaluate() dict)
-_ROWS = (
-    ("pretrained", ()),
-    ("random init", ("baselines", "random_init")),
-    ("raw pixels", ("baselines", "raw_pixels")),
+PROTOCOLS: tuple[tuple[str, str], ...] = (
+    ("knn", "kNN accuracy"),
+    ("linear_probe", "linear probe accuracy"),
+    ("sts", "STS Spearman"),
 )
+"""(result key, column label) of every protocol a result may hold, in table order."""
 
 
-def _percent(entry: dict[str, Any] | None) -> str:
-    accuracy = (entry or {}).get("accuracy")
-    return "-" if accuracy is None else f"{100 * accuracy:.1f}%"
+def _cell(key: str, entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("spearman" if key == "sts" else "accuracy")
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if key == "sts" else f"{100 * value:.1f}%"
 
 
-def result_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per evaluated feature set, accuracies as percent strings (``"-"`` where absent).
+def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per evaluated feature set, its protocols formatted (accuracy in percent, Spearman x 100).
 
     Args:
         results: the dict :func:`~hf_ssl.evaluation.evaluate` returns (or its JSON file, loaded).
 
     Returns:
-        ``[{"name": "pretrained", "knn": "93.4%", "linear_probe": "95.0%"}, ...]``: the pretrained backbone,
-        then the random-init and raw-pixel baselines that were evaluated (what the model card template reads).
+        ``[{"name": "pretrained", "cells": {"knn": "93.4%", "linear_probe": "95.0%"}}, ...]``: the pretrained
+        model, then each baseline (``baselines.random_init`` is named "random init").
     """
+    entries = [("pretrained", results)]
+    entries += [(name.replace("_", " "), entry) for name, entry in (results.get("baselines") or {}).items()]
     rows = []
-    for name, path in _ROWS:
-        entry: Any = results
-        for key in path:
-            entry = entry.get(key) if isinstance(entry, dict) else None
-        if not isinstance(entry, dict):
-            continue
-        knn, probe = _percent(entry.get("knn")), _percent(entry.get("linear_probe"))
-        rows.append({"name": name, "knn": knn, "linear_probe": probe})
+    for name, entry in entries:
+        cells = {key: _cell(key, entry.get(key)) for key, _ in PROTOCOLS if isinstance(entry, dict)}
+        cells = {key: value for key, value in cells.items() if value is not None}
+        if cells:
+            rows.append({"name": name, "cells": cells})
     return rows
 
 
-def _headers(results: dict[str, Any]) -> list[str]:
+def _columns(results: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    keys = [key for key, _ in PROTOCOLS if any(key in row["cells"] for row in rows)]
     knn = results.get("knn") or {}
-    detail = f" (k={knn['k']}, T={knn['temperature']:g})" if "k" in knn and "temperature" in knn else ""
-    return ["features", f"kNN accuracy{detail}", "linear probe accuracy"]
+    labels = []
+    for key, label in PROTOCOLS:
+        if key not in keys:
+            continue
+        if key == "knn" and "k" in knn and "temperature" in knn:
+            label += f" (k={knn['k']}, T={knn['temperature']:g})"
+        labels.append(label)
+    return keys, ["features", *labels]
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -61,8 +75,9 @@ def format_table(results: dict[str, Any]) -> str:
             random init                        80.1%                  88.2%
             raw pixels                         96.3%                  95.6%
     """
-    headers = _headers(results)
-    cells = [[row["name"], row["knn"], row["linear_probe"]] for row in result_rows(results)]
+    rows = result_rows(results)
+    keys, headers = _columns(results, rows)
+    cells = [[row["name"], *(row["cells"].get(key, "-") for key in keys)] for row in rows]
     widths = [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
 
     def line(values: list[str]) -> str:
@@ -78,10 +93,10 @@ def format_table(results: dict[str, Any]) -> str:
 def _caption(results: dict[str, Any]) -> str:
     if "model" not in results:
         return ""
+    classes = f", {results['num_classes']} classes" if results.get("num_classes") else ""
     return (
         f"{results['model']} on {results.get('dataset', '?')}: train on {results.get('train_split')!r} "
-        f"({results.get('num_train')}), test on {results.get('split')!r} ({results.get('num_test')}), "
-        f"{results.get('num_classes')} classes"
+        f"({results.get('num_train')}), test on {results.get('split')!r} ({results.get('num_test')}){classes}"
     )
 
 
@@ -94,7 +109,8 @@ def format_markdown_table(results: dict[str, Any]) -> str:
     Returns:
         ``| features | kNN accuracy (k=20, T=0.07) | linear probe accuracy |`` then one row per feature set.
     """
-    headers = _headers(results)
-    lines = ["| " + " | ".join(headers) + " |", "|---|---:|---:|"]
-    lines += [f"| {row['name']} | {row['knn']} | {row['linear_probe']} |" for row in result_rows(results)]
+    rows = result_rows(results)
+    keys, headers = _columns(results, rows)
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * len(keys)]
+    lines += ["| " + " | ".join([row["name"], *(row["cells"].get(k, "-") for k in keys)]) + " |" for row in rows]
     return "\n".join(lines)

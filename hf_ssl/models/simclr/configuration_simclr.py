@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
 from transformers import PretrainedConfig
+
+from hf_ssl.backbones.timm import backbone_kwargs, check_model_name, data_config, default_normalization
+from hf_ssl.errors import UsageError, check_range
 
 
 class SimCLRConfig(PretrainedConfig):
@@ -16,8 +18,8 @@ class SimCLRConfig(PretrainedConfig):
     Args:
         backbone: timm model name, e.g. ``"resnet18"`` or ``"convnext_atto"``.
         backbone_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``{"drop_path_rate": 0.1}``).
-        pretrained_backbone: start from timm's pretrained weights (needs Hub access). Random init otherwise.
-            Loading a checkpoint never downloads them: its own weights replace them.
+        pretrained_backbone: start a new run from timm's pretrained weights (needs Hub access); random init
+            otherwise. Kept in the config as provenance: loading a checkpoint never downloads them.
         small_image_stem: adapt the backbone's stem to small inputs such as 32x32 through timm's own arguments
             (ConvNeXt: patch size 2; ViT / MLP-Mixer: ``img_size=image_size``, patch size ``image_size // 8``), so
             that the exported backbone is rebuilt exactly by ``timm.create_model``.
@@ -64,21 +66,42 @@ class SimCLRConfig(PretrainedConfig):
         blur_prob: float = 0.0,
         **kwargs: Any,
     ):
+        check_model_name(backbone)
+        if not isinstance(backbone_kwargs, dict | None):
+            raise UsageError(f"backbone_kwargs must be a mapping of timm arguments, got {backbone_kwargs!r}")
+        check_range("image_size", image_size, 1)
+        check_range("num_channels", num_channels, 1)
+        check_range("projection_hidden_dim", projection_hidden_dim, 1)
+        check_range("projection_dim", projection_dim, 1)
+        check_range("projection_layers", projection_layers, 1)
+        check_range("loss_temperature", loss_temperature, 0, low_inclusive=False)
+        check_range("crop_min_scale", crop_min_scale, 0, 1, low_inclusive=False)
+        for name, p in (
+            ("hflip_prob", hflip_prob),
+            ("color_jitter_prob", color_jitter_prob),
+            ("grayscale_prob", grayscale_prob),
+            ("blur_prob", blur_prob),
+        ):
+            check_range(name, p, 0, 1)
+        check_range("color_jitter_strength", color_jitter_strength, 0)
+        default_mean, default_std = default_normalization(backbone, num_channels)
+        image_mean = list(image_mean) if image_mean is not None else default_mean
+        image_std = list(image_std) if image_std is not None else default_std
+        if len(image_mean) != num_channels or len(image_std) != num_channels:
+            raise UsageError(
+                f"image_mean and image_std need one value per channel ({num_channels}), got {image_mean} and "
+                f"{image_std}"
+            )
+        if any(s <= 0 for s in image_std):
+            raise UsageError(f"image_std must be positive, got {image_std}")
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.pretrained_backbone = pretrained_backbone
         self.small_image_stem = small_image_stem
         self.image_size = image_size
         self.num_channels = num_channels
-        if image_mean is None or image_std is None:
-            pretrained_cfg = timm.get_pretrained_cfg(backbone)
-            default_mean = list(pretrained_cfg.mean) if pretrained_cfg else [0.485, 0.456, 0.406]
-            default_std = list(pretrained_cfg.std) if pretrained_cfg else [0.229, 0.224, 0.225]
-            if num_channels != len(default_mean):  # e.g. grayscale input: one value, the mean over channels
-                default_mean = [sum(default_mean) / len(default_mean)] * num_channels
-                default_std = [sum(default_std) / len(default_std)] * num_channels
-        self.image_mean = list(image_mean) if image_mean is not None else default_mean
-        self.image_std = list(image_std) if image_std is not None else default_std
+        self.image_mean = image_mean
+        self.image_std = image_std
         self.projection_hidden_dim = projection_hidden_dim
         self.projection_dim = projection_dim
         self.projection_layers = projection_layers
@@ -91,3 +114,16 @@ class SimCLRConfig(PretrainedConfig):
         self.grayscale_prob = grayscale_prob
         self.blur_prob = blur_prob
         super().__init__(**kwargs)
+        self.timm_kwargs  # noqa: B018 (refuses a small_image_stem the backbone's family cannot take)
+
+    @property
+    def timm_kwargs(self) -> dict[str, Any]:
+        """The arguments ``timm.create_model(self.backbone, **timm_kwargs)`` rebuilds the backbone with."""
+        return backbone_kwargs(
+            self.backbone, self.image_size, self.num_channels, self.small_image_stem, self.backbone_kwargs
+        )
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm's preprocessing keys for this backbone (see :func:`hf_ssl.backbones.timm.data_config`)."""
+        return data_config(self.image_size, self.num_channels, self.image_mean, self.image_std)

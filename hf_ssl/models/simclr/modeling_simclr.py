@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.heads import SimCLRProjectionHead
+from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
+from hf_ssl.heads import SimCLRProjectionHead, representation_std
 from hf_ssl.losses import nt_xent_loss
 from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
-
-# timm families whose stem is set by keyword arguments, so that a small-image stem survives export to timm.
-_SMALL_STEM_KWARGS = {
-    "timm.models.convnext": lambda size: {"patch_size": 2},
-    "timm.models.vision_transformer": lambda size: {"img_size": size, "patch_size": max(1, size // 8)},
-    "timm.models.mlp_mixer": lambda size: {"img_size": size, "patch_size": max(1, size // 8)},
-}
-
-
-def backbone_kwargs(config: SimCLRConfig) -> dict[str, Any]:
-    """The keyword arguments ``timm.create_model(config.backbone, **kwargs)`` needs to rebuild the backbone.
-
-    Raises:
-        ValueError: ``small_image_stem`` is set for a timm family whose stem timm cannot resize by arguments.
-    """
-    kwargs: dict[str, Any] = {}
-    if config.num_channels != 3:
-        kwargs["in_chans"] = config.num_channels
-    if config.small_image_stem:
-        family = timm.models.model_entrypoint(config.backbone).__module__
-        if family not in _SMALL_STEM_KWARGS:
-            supported = ", ".join(sorted(m.rsplit(".", 1)[-1] for m in _SMALL_STEM_KWARGS))
-            raise ValueError(
-                f"small_image_stem is not available for {config.backbone!r} ({family}): timm has no argument that "
-                f"resizes its stem, so an altered stem could not be exported. Families with one: {supported}; "
-                "or pass the architecture's own arguments in backbone_kwargs."
-            )
-        kwargs.update(_SMALL_STEM_KWARGS[family](config.image_size))
-    kwargs.update(config.backbone_kwargs)
-    return kwargs
-
-
-def create_backbone(config: SimCLRConfig, pretrained: bool = False) -> nn.Module:
-    """The timm backbone described by ``config``, without classifier (its output is the pooled feature)."""
-    return timm.create_model(config.backbone, pretrained=pretrained, num_classes=0, **backbone_kwargs(config))
 
 
 @dataclass
@@ -60,15 +24,16 @@ class SimCLRForPreTrainingOutput(ModelOutput):
     Args:
         loss: NT-Xent loss (scalar).
         projections: ``(B, 2, projection_dim)`` projected embeddings of the two views.
+        embedding_std: std of the L2-normalised projections over the batch, averaged over dimensions: about
+            ``1 / sqrt(projection_dim)`` when healthy, near 0 on collapse (a monitor, no gradient).
+        projections: ``(B, 2, projection_dim)`` projected embeddings of the two views.
         features: ``(B, 2, num_features)`` backbone features of the two views (what downstream tasks use).
     """
 
     loss: torch.Tensor | None = None
+    embedding_std: torch.Tensor | None = None
     projections: torch.Tensor | None = None
     features: torch.Tensor | None = None
-
-
-_LOADING = contextvars.ContextVar("hf_ssl_simclr_loading_checkpoint", default=False)
 
 
 class SimCLRPreTrainedModel(PreTrainedModel):
@@ -79,14 +44,6 @@ class SimCLRPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     accepts_loss_kwargs = False
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        token = _LOADING.set(True)
-        try:
-            return super().from_pretrained(*args, **kwargs)
-        finally:
-            _LOADING.reset(token)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The timm backbone initialises itself when it is built (and is overwritten when loaded); only our own
@@ -114,9 +71,12 @@ class SimCLRModel(SimCLRPreTrainedModel):
 
     def __init__(self, config: SimCLRConfig):
         super().__init__(config)
-        # timm's weights are fetched for a new model only: a checkpoint being loaded replaces them anyway
-        self.backbone = create_backbone(config, pretrained=config.pretrained_backbone and not _LOADING.get())
+        self.backbone = create_backbone(config.backbone, config.timm_kwargs)  # built only: never downloads
         self.post_init()
+
+    def load_pretrained_backbone(self) -> None:
+        """Replace the backbone's weights by timm's pretrained ones (a new run with ``pretrained_backbone``)."""
+        load_pretrained_weights(self.backbone, self.config.backbone, self.config.timm_kwargs)
 
     @property
     def num_features(self) -> int:
@@ -144,14 +104,21 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
         )
         self.post_init()
 
+    def load_pretrained_backbone(self) -> None:
+        """Start the backbone from timm's pretrained weights (see :meth:`SimCLRModel.load_pretrained_backbone`)."""
+        self.simclr.load_pretrained_backbone()
+
     def forward(
         self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs: Any
     ) -> SimCLRForPreTrainingOutput:
         """Args:
         pixel_values: ``(B, 2, C, H, W)``, two augmented views of each of ``B`` images.
         """
-        if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
-            raise ValueError(f"SimCLR expects pixel_values of shape (B, 2, C, H, W), got {tuple(pixel_values.shape)}")
+        if pixel_values.ndim != 5 or pixel_values.shape[1] != 2 or pixel_values.shape[0] < 2:
+            raise ValueError(
+                f"SimCLR expects pixel_values of shape (B, 2, C, H, W) with B >= 2 (the other images are the "
+                f"negatives), got {tuple(pixel_values.shape)}"
+            )
         batch, views = pixel_values.shape[:2]
         flat = pixel_values.flatten(0, 1)  # (B * 2, C, H, W), the views of one image side by side
         features = self.simclr(flat).pooler_output  # (B * 2, F)
@@ -161,5 +128,8 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
             projections[:, 0], projections[:, 1], self.config.loss_temperature, self.config.gather_distributed
         )
         return SimCLRForPreTrainingOutput(
-            loss=loss, projections=projections, features=features.unflatten(0, (batch, views))
+            loss=loss,
+            embedding_std=representation_std(projections),
+            projections=projections,
+            features=features.unflatten(0, (batch, views)),
         )

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from common import ObjectiveChecks
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from hf_ssl import SimCLRConfig, SimCLRForPreTraining, SimCLRModel
+from hf_ssl import SimCLRConfig, SimCLRForPreTraining, SimCLRModel, UsageError
 from hf_ssl.data import ImageViewsCollator, SimCLRTransform, load_data, undecoded
-from hf_ssl.models.simclr import backbone_kwargs
+from hf_ssl.models.simclr import SIMCLR
 
 
 def test_auto_classes_know_simclr(tiny_simclr_config, tmp_path):
@@ -49,17 +50,17 @@ def test_config_captures_every_hyperparameter(tmp_path):
 
 def test_small_image_stem_uses_timm_arguments():
     convnext = SimCLRConfig(backbone="convnext_atto", small_image_stem=True, image_size=32)
-    assert backbone_kwargs(convnext) == {"patch_size": 2}
+    assert convnext.timm_kwargs == {"patch_size": 2}
     vit = SimCLRConfig(
         backbone="vit_tiny_patch16_224", small_image_stem=True, image_size=32, backbone_kwargs={"depth": 2}
     )
-    assert backbone_kwargs(vit) == {"img_size": 32, "patch_size": 4, "depth": 2}
+    assert vit.timm_kwargs == {"img_size": 32, "patch_size": 4, "depth": 2}
     features = SimCLRModel(vit)(torch.randn(2, 3, 32, 32))
     assert features.last_hidden_state.shape[1] == 1 + 64  # class token + an 8x8 grid of patches
     stem = SimCLRModel(convnext).backbone.stem[0]
     assert stem.stride == (2, 2)
-    with pytest.raises(ValueError, match="small_image_stem is not available for 'resnet18'"):
-        SimCLRModel(SimCLRConfig(backbone="resnet18", small_image_stem=True))
+    with pytest.raises(UsageError, match="small_image_stem is not available for 'resnet18'"):
+        SimCLRConfig(backbone="resnet18", small_image_stem=True)  # refused when the config is built
 
 
 def test_single_channel_input():
@@ -91,3 +92,56 @@ def test_checkpoint_of_a_pretrained_start_loads_offline_and_keeps_its_provenance
     loaded = AutoModel.from_pretrained(tmp_path)  # would need the Hub (offline in tests) if it fetched timm weights
     assert loaded.config.pretrained_backbone is True
     torch.testing.assert_close(loaded.backbone.stem[0].weight, model.simclr.backbone.stem[0].weight)
+
+
+def test_new_model_starts_from_pretrained_weights_only_when_asked(tiny_simclr_config, monkeypatch):
+    """Building never downloads; a new run with pretrained_backbone loads timm's weights explicitly, once."""
+    calls = []
+    monkeypatch.setattr(
+        "hf_ssl.models.simclr.modeling_simclr.load_pretrained_weights", lambda *args: calls.append(args[1:])
+    )
+    SIMCLR.make_model(tiny_simclr_config)
+    assert calls == []
+    tiny_simclr_config.pretrained_backbone = True
+    SimCLRForPreTraining(tiny_simclr_config)  # __init__ only builds
+    assert calls == []
+    SIMCLR.make_model(tiny_simclr_config)
+    assert calls == [("convnext_atto", {"patch_size": 2})]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss_temperature": 0}, r"loss_temperature must be > 0, got 0"),
+        ({"loss_temperature": -1.0}, r"loss_temperature must be > 0, got -1.0"),
+        ({"loss_temperature": float("nan")}, r"loss_temperature must be > 0"),
+        ({"image_size": 0}, r"image_size must be >= 1, got 0"),
+        ({"crop_min_scale": 0.0}, r"crop_min_scale must be in \(0, 1\]"),
+        ({"hflip_prob": 1.5}, r"hflip_prob must be in \[0, 1\]"),
+        ({"projection_layers": 0}, r"projection_layers must be >= 1"),
+        ({"backbone": "resnet_18"}, r"backbone 'resnet_18' is not a timm architecture"),
+        ({"num_channels": 1, "image_mean": [0.5, 0.5, 0.5]}, r"one value per channel \(1\)"),
+    ],
+)
+def test_config_refuses_bad_values_naming_the_field(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        SimCLRConfig(**kwargs)
+
+
+def test_batches_of_one_image_are_refused(tiny_simclr_config):
+    """With one image the only candidate of each view is its partner: the loss is 0 and nothing is learned."""
+    with pytest.raises(ValueError, match="B >= 2"):
+        SimCLRForPreTraining(tiny_simclr_config)(torch.randn(1, 2, 3, 32, 32))
+
+
+class TestSimCLRObjective(ObjectiveChecks):
+    objective = SIMCLR
+
+    def tiny_config(self):
+        return SimCLRConfig(
+            backbone="convnext_atto", small_image_stem=True, image_size=32, projection_hidden_dim=32, projection_dim=16
+        )
+
+    def batch(self, config):
+        generator = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(6, 2, 3, 32, 32, generator=generator)}

@@ -15,16 +15,19 @@ import pytest
 import timm
 import torch
 import yaml
-from huggingface_hub import CommitInfo, RepoUrl
+from huggingface_hub import CommitInfo, ModelCard, RepoUrl
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
-from hf_ssl import SimCLRConfig, SimCLRForPreTraining, SimCLRModel, hub
-from hf_ssl.cli import RUN_INFO_FILE, main
-from hf_ssl.data.augmentations import eval_transform
-from hf_ssl.models.simclr import backbone_kwargs
+from hf_ssl import SimCLRConfig, SimCLRForPreTraining, SimCLRModel, UsageError, hub
+from hf_ssl.backbones.timm import eval_transform
+from hf_ssl.callbacks import RUN_INFO_FILE, RunInfo
+from hf_ssl.cli import main
+from hf_ssl.evaluation import EvaluationArguments, evaluate
+from hf_ssl.export import EVAL_RESULTS_FILE, export_backbone
+from hf_ssl.export.model_card import evaluation_summary, hub_datasets, render_model_card
 
 EXPORT_FILES = {"config.json", "model.safetensors", "README.md"}
 
@@ -102,7 +105,7 @@ _LOAD_WITHOUT_HF_SSL = textwrap.dedent(
 def test_export_loads_without_hf_ssl_with_equal_features(backbone, tiny_simclr_config, tmp_path):
     config = tiny_simclr_config if backbone == "convnext_atto_small_stem" else _resnet18_config()
     model_dir = _checkpoint(config, tmp_path / "ckpt")
-    out = hub.export_backbone(model_dir, tmp_path / "export")
+    out = export_backbone(model_dir, tmp_path / "export")
     assert out == tmp_path / "export"
 
     x = torch.randn(4, 3, 32, 32)
@@ -131,14 +134,14 @@ def test_export_loads_without_hf_ssl_with_equal_features(backbone, tiny_simclr_c
     with torch.no_grad():
         expected = reference(x).pooler_output
         torch.manual_seed(0)
-        fresh = timm.create_model(config.backbone, num_classes=0, **backbone_kwargs(config)).eval()(x)
+        fresh = timm.create_model(config.backbone, num_classes=0, **config.timm_kwargs).eval()(x)
     assert expected.shape == (4, reference.num_features)
     assert not torch.allclose(fresh, expected, atol=1e-3)  # the exported weights are not a seeded init
     torch.testing.assert_close(result["timm"], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result["transformers"], expected, atol=1e-5, rtol=1e-5)
 
     # the export carries our preprocessing: both ecosystems prepare an image as hf_ssl's evaluation does
-    ours = eval_transform(config)(Image.open(tmp_path / "image.png").convert("RGB"))
+    ours = eval_transform(config.data_config)(Image.open(tmp_path / "image.png").convert("RGB"))
     assert ours.shape == (3, 32, 32)
     torch.testing.assert_close(result["timm_pixels"], ours, atol=1e-5, rtol=0)
     torch.testing.assert_close(result["processor_pixels"], ours, atol=1e-5, rtol=0)
@@ -148,7 +151,7 @@ def test_export_folder_config_and_weights(tiny_simclr_config, tmp_path):
     tiny_simclr_config.image_mean = [0.5, 0.4, 0.3]  # not timm's ImageNet defaults: must come from our config
     tiny_simclr_config.image_std = [0.2, 0.25, 0.3]
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
-    out = hub.export_backbone(model_dir, tmp_path / "export")
+    out = export_backbone(model_dir, tmp_path / "export")
 
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     hub_config = json.loads((out / "config.json").read_text())
@@ -168,7 +171,7 @@ def test_export_folder_config_and_weights(tiny_simclr_config, tmp_path):
     with safe_open(out / "model.safetensors", "pt") as handle:
         exported = set(handle.keys())
     assert not any("projection" in key for key in exported)
-    bare = timm.create_model("convnext_atto", num_classes=0, **backbone_kwargs(tiny_simclr_config))
+    bare = timm.create_model("convnext_atto", num_classes=0, **tiny_simclr_config.timm_kwargs)
     assert exported == set(bare.state_dict())
 
 
@@ -178,8 +181,10 @@ RUN_INFO = {
     "dataset_name": "uoft-cs/cifar10",
     "dataset_config_name": None,
     "train_split": "train",
-    "column": "img",
+    "columns": {"image": "img"},
     "num_examples": 50000,
+    "global_step": 1200,
+    "world_size": 2,
     "train_metrics": {"train_runtime": 812.4, "train_loss": 4.56789, "epoch": 3.1},
     "training_args": {
         "max_steps": 1234,
@@ -191,7 +196,6 @@ RUN_INFO = {
         "lr_scheduler_type": "cosine",
         "warmup_steps": 50,
         "seed": 7,
-        "world_size": 2,
         "optim": "adamw_torch",
     },
 }
@@ -216,10 +220,10 @@ def test_model_card_renders_evaluation_and_training(where, tiny_simclr_config, t
     tiny_simclr_config.loss_temperature = 0.2
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     (model_dir / RUN_INFO_FILE).write_text(json.dumps(RUN_INFO))
-    eval_file = model_dir / hub.EVAL_RESULTS_FILE if where == "model_dir" else tmp_path / "elsewhere.json"
+    eval_file = model_dir / EVAL_RESULTS_FILE if where == "model_dir" else tmp_path / "elsewhere.json"
     eval_file.write_text(json.dumps(EVAL_RESULTS))
 
-    out = hub.export_backbone(model_dir, tmp_path / "export", eval_file=None if where == "model_dir" else eval_file)
+    out = export_backbone(model_dir, tmp_path / "export", eval_file=None if where == "model_dir" else eval_file)
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     meta, body = _card_parts((out / "README.md").read_text())
     assert meta["library_name"] == "timm"
@@ -240,7 +244,7 @@ def test_model_card_renders_evaluation_and_training(where, tiny_simclr_config, t
     assert _table_row(body, "backbone") == ["`timm.create_model('convnext_atto', patch_size=2)`"]
     assert _table_row(body, "projection head (dropped in this export)") == ["2 layers, hidden 32, output 16"]
     assert _table_row(body, "dataset") == ["uoft-cs/cifar10, split `train`, 50000 images"]
-    assert _table_row(body, "training length") == ["1234 steps (3.10 epochs run)"]
+    assert _table_row(body, "training length") == ["1200 optimisation steps (3.10 epochs)"]  # run, not asked
     assert _table_row(body, "batch size")[0].startswith("256 (64 per device x 2 processes x 2 accumulation")
     assert "learning rate 0.0003" in _table_row(body, "optimisation")[0]
     assert _table_row(body, "mean training loss") == ["4.5679"]
@@ -248,10 +252,20 @@ def test_model_card_renders_evaluation_and_training(where, tiny_simclr_config, t
     assert 'timm.create_model("hf-hub:<user>/<model-name>", pretrained=True, num_classes=0)' in body
     assert 'AutoModel.from_pretrained("<user>/<model-name>")' in body
 
+    # the Hub reads the results from the card's model-index
+    card = ModelCard((out / "README.md").read_text())
+    results = {r.metric_name: r for r in card.data.eval_results}
+    assert set(results) == {"kNN accuracy", "linear probe accuracy"}
+    assert results["kNN accuracy"].metric_value == 0.6123 and results["linear probe accuracy"].metric_value == 0.6543
+    assert {(r.dataset_type, r.dataset_split, r.task_type) for r in results.values()} == {
+        ("uoft-cs/cifar10", "test", "image-classification")
+    }
+    assert card.data.model_name == "SimCLR convnext_atto"
+
 
 def test_model_card_without_evaluation_or_run_info(tiny_simclr_config, tmp_path):
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
-    out = hub.export_backbone(model_dir, tmp_path / "export")
+    out = export_backbone(model_dir, tmp_path / "export")
     meta, body = _card_parts((out / "README.md").read_text())
     assert "datasets" not in meta
     assert "not evaluated" in body
@@ -261,13 +275,14 @@ def test_model_card_without_evaluation_or_run_info(tiny_simclr_config, tmp_path)
 
 def test_missing_eval_file_is_an_error(tiny_simclr_config, tmp_path):
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        hub.export_backbone(model_dir, tmp_path / "export", eval_file=tmp_path / "nope.json")
+    with pytest.raises(UsageError, match="nope.json"):
+        export_backbone(model_dir, tmp_path / "export", eval_file=tmp_path / "nope.json")
 
 
 def test_evaluation_without_baselines():
-    summary = hub.evaluation_summary({"knn": {"accuracy": 0.5}}, "mine")
-    assert summary["rows"] == [{"name": "mine", "knn": "50.0%", "linear_probe": "-"}]
+    summary = evaluation_summary({"knn": {"accuracy": 0.5}}, "mine")
+    assert summary["columns"] == ["kNN accuracy"]  # only the protocols that were run
+    assert summary["rows"] == [{"name": "mine", "cells": ["50.0%"]}]
 
 
 @pytest.mark.parametrize(
@@ -275,7 +290,6 @@ def test_evaluation_without_baselines():
     [
         ("uoft-cs/cifar10", ["uoft-cs/cifar10"]),
         ("cifar10", ["cifar10"]),
-        ("digits", []),
         (None, []),
         ("digits (embedded scikit-learn digits)", []),
         ("data/train.parquet", []),
@@ -283,14 +297,14 @@ def test_evaluation_without_baselines():
     ],
 )
 def test_hub_datasets(name, expected):
-    assert hub.hub_datasets({"dataset_name": name}) == expected
+    assert hub_datasets(RunInfo(objective="simclr", hf_ssl_version="0", dataset_name=name)) == expected
 
 
 def test_render_model_card_errors():
     with pytest.raises(FileNotFoundError, match="simclr.md"):
-        hub.render_model_card("no_such_objective")
+        render_model_card("no_such_objective")
     with pytest.raises(jinja2.UndefinedError):
-        hub.render_model_card("simclr")  # every variable is required
+        render_model_card("simclr")  # every variable is required
 
 
 def test_refuses_unknown_type_and_unsafe_output_dirs(tiny_simclr_config, tmp_path):
@@ -298,21 +312,21 @@ def test_refuses_unknown_type_and_unsafe_output_dirs(tiny_simclr_config, tmp_pat
         tmp_path / "bert"
     )
     with pytest.raises(ValueError, match="no exporter for model type 'bert'.*hf_ssl_simclr"):
-        hub.export_backbone(tmp_path / "bert", tmp_path / "bert_export")
-    with pytest.raises(FileNotFoundError):
-        hub.export_backbone(tmp_path / "absent", tmp_path / "export")
+        export_backbone(tmp_path / "bert", tmp_path / "bert_export")
+    with pytest.raises(UsageError, match="absent: not a checkpoint folder"):
+        export_backbone(tmp_path / "absent", tmp_path / "export")
 
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     with pytest.raises(ValueError, match="overwrite the checkpoint"):
-        hub.export_backbone(model_dir, model_dir)
+        export_backbone(model_dir, model_dir)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="notes.txt"):
-        hub.export_backbone(model_dir, tmp_path / "busy")
+        export_backbone(model_dir, tmp_path / "busy")
     # a previous export (and a git clone's dotfiles) may be overwritten
-    out = hub.export_backbone(model_dir, tmp_path / "export")
+    out = export_backbone(model_dir, tmp_path / "export")
     (out / ".gitattributes").write_text("*.safetensors filter=lfs\n")
-    hub.export_backbone(model_dir, out)
+    export_backbone(model_dir, out)
     assert {p.name for p in out.iterdir()} == EXPORT_FILES | {".gitattributes"}
 
 
@@ -322,8 +336,8 @@ def test_refuses_checkpoint_missing_backbone_weights(tiny_simclr_config, tmp_pat
     dropped = next(key for key in weights if key.startswith("simclr.backbone.stem"))
     del weights[dropped]
     save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="lacks backbone weights"):
-        hub.export_backbone(model_dir, tmp_path / "export")
+    with pytest.raises(UsageError, match="1 backbone weights are missing"):
+        export_backbone(model_dir, tmp_path / "export")
 
 
 class FakeHfApi:
@@ -364,7 +378,7 @@ def fake_hub(monkeypatch):
 
 
 def test_push_folder(fake_hub, tiny_simclr_config, tmp_path):
-    out = hub.export_backbone(_checkpoint(tiny_simclr_config, tmp_path / "ckpt"), tmp_path / "export")
+    out = export_backbone(_checkpoint(tiny_simclr_config, tmp_path / "ckpt"), tmp_path / "export")
     url = hub.push_folder(out, "simclr-atto", token="hf_x", private=True)
 
     assert [name for name, _ in fake_hub] == ["init", "create_repo", "upload_folder"]
@@ -402,7 +416,7 @@ def test_checkpoint_started_from_timm_weights_exports_offline(tiny_simclr_config
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     saved = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(saved | {"pretrained_backbone": True}))
-    out = hub.export_backbone(model_dir, tmp_path / "export")
+    out = export_backbone(model_dir, tmp_path / "export")
     _, body = _card_parts((out / "README.md").read_text())
     assert _table_row(body, "initialisation") == ["timm's pretrained `convnext_atto` weights"]
     with torch.no_grad():
@@ -410,3 +424,43 @@ def test_checkpoint_started_from_timm_weights_exports_offline(tiny_simclr_config
         expected = SimCLRModel.from_pretrained(model_dir, pretrained_backbone=False).eval()(x).pooler_output
         exported = timm.create_model("local-dir:" + str(out), pretrained=True, num_classes=0).eval()(x)
     torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_push_without_repository_is_refused_before_anything_is_written(tiny_simclr_config, tmp_path, capsys):
+    model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(model_dir), str(tmp_path / "export"), "--push_to_hub"])
+    assert exit_info.value.code == 2
+    assert "hf-ssl: error: --push_to_hub needs --hub_model_id" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
+
+
+def test_evaluate_accepts_the_export(tiny_simclr_config, tmp_path):
+    """hf-ssl evaluate reads an exported timm backbone (TimmWrapper) with the same features as the checkpoint."""
+    model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
+    out = export_backbone(model_dir, tmp_path / "export")
+    kwargs = {"train_split": "train[:60]", "split": "test[:30]", "baselines": False}
+    from_export = evaluate(EvaluationArguments(model_name_or_path=str(out), **kwargs))
+    from_checkpoint = evaluate(EvaluationArguments(model_name_or_path=str(model_dir), **kwargs))
+    assert from_export["knn"] == from_checkpoint["knn"]
+    assert from_export["linear_probe"]["accuracy"] == pytest.approx(from_checkpoint["linear_probe"]["accuracy"])
+
+
+def test_pretraining_checkpoint_has_an_image_processor(tiny_simclr_config, tmp_path):
+    """AutoImageProcessor and pipeline("image-feature-extraction") work on the pretraining checkpoint itself."""
+    from transformers import AutoImageProcessor, pipeline
+
+    from hf_ssl.data import ImageDataArguments, load_data
+    from hf_ssl.models.simclr.objective import prepare_data
+
+    prepared = prepare_data(load_data(None, "test[:4]"), tiny_simclr_config, ImageDataArguments())
+    model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
+    prepared.processing_class.save_pretrained(model_dir)
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (41, 53, 3), dtype=np.uint8))
+    ours = eval_transform(tiny_simclr_config.data_config)(image)
+    # transformers' resize and timm's (PIL) round differently: within a few grey levels after normalisation
+    torch.testing.assert_close(processor(image, return_tensors="pt").pixel_values[0], ours, atol=0.1, rtol=0)
+    extractor = pipeline("image-feature-extraction", model=str(model_dir), pool=True)
+    features = torch.tensor(extractor(image))
+    assert features.shape[-1] == SimCLRModel.from_pretrained(model_dir).num_features

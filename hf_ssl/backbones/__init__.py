@@ -1,0 +1,38 @@
+"""Backbones built from their own libraries, with the preprocessing they expect (one source for training and export)."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import AutoModel, PreTrainedModel
+
+from hf_ssl.errors import UsageError
+
+
+def load_backbone(model_name_or_path: str | os.PathLike) -> PreTrainedModel:
+    """The backbone of a checkpoint (``AutoModel``: e.g. :class:`~hf_ssl.SimCLRModel` of a pretraining folder, or
+    the model of an export), in eval mode.
+
+    Raises:
+        UsageError: no such folder, a folder that is not a checkpoint, or a checkpoint that lacks weights the
+            backbone needs or has them in the wrong shape (they would silently stay random).
+    """
+    path = str(model_name_or_path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"{path}: not a checkpoint folder (no config.json)")
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise UsageError(f"{path}: no such checkpoint folder")
+    try:
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot load a checkpoint from it: {err}") from err
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(item) for item in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        problems = missing + mismatched
+        shown = ", ".join(problems[:5]) + (", ..." if len(problems) > 5 else "")
+        raise UsageError(
+            f"{path}: {len(missing)} backbone weights are missing and {len(mismatched)} have the wrong shape for "
+            f"{type(model).__name__} ({shown}); refusing to use randomly initialised layers"
+        )
+    return model.eval()

@@ -1,0 +1,158 @@
+"""Exports of a pretraining checkpoint's backbone, each in the format its own ecosystem loads without ``hf_ssl``.
+
+A pretraining checkpoint (``hf-ssl pretrain`` output folder) holds the whole objective: backbone, heads and the config
+of the run. What a user keeps is the backbone, next to a model card that says how it was trained and how well it
+does. Each objective registers an exporter for its ``model_type`` (through its :class:`~hf_ssl.objectives.Objective`);
+:func:`export_backbone` checks the folders and dispatches on the checkpoint's config. The writers per ecosystem
+(:mod:`hf_ssl.export.timm`, ...) and the model cards (:mod:`hf_ssl.export.model_card`) know no objective.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from hf_ssl.callbacks import RunInfo
+from hf_ssl.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS_FILE = "eval_results.json"
+"""Evaluation results looked for in the checkpoint folder when no ``eval_file`` is given."""
+
+REPO_ID_PLACEHOLDER = "<user>/<model-name>"
+"""Stands for the repository id in a card's code snippets until :func:`push_folder` knows it."""
+
+SIMCLR_PAPER = ("arXiv:2002.05709", "A Simple Framework for Contrastive Learning of Visual Representations")
+
+# pretrained_cfg fields that describe the weights timm's registry ships for an architecture, not ours
+_SOURCE_WEIGHT_FIELDS = ("tag", "description", "origin_url", "paper_name", "paper_ids", "notes", "license")
+
+
+@dataclass
+class ExportContext:
+    """Everything an exporter gets.
+
+    Args:
+        model_dir: the checkpoint folder.
+        output_dir: the folder to write the export into (exists, holds at most a previous export).
+        config: the checkpoint's config, loaded with ``AutoConfig``.
+        run_info: the checkpoint's run record (dataset, training arguments, metrics), if it has one.
+        evaluation: the evaluation results (``hf-ssl evaluate --output_file``), if any.
+    """
+
+    model_dir: Path
+    output_dir: Path
+    config: PretrainedConfig
+    run_info: RunInfo | None
+    evaluation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How one objective exports its backbone.
+
+    Args:
+        export: writes the export (weights, config, ``README.md``) into ``context.output_dir``.
+        files: the names ``export`` writes; an output folder holding anything else is refused, so a re-export
+            only ever replaces files of a previous export.
+    """
+
+    export: Callable[[ExportContext], None]
+    files: tuple[str, ...]
+
+
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(model_type: str, exporter: Exporter) -> None:
+    """Make ``exporter`` the one :func:`export_backbone` uses for checkpoints of ``model_type``."""
+    EXPORTERS[model_type] = exporter
+
+
+def export_backbone(
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, eval_file: str | os.PathLike | None = None
+) -> Path:
+    """Export the backbone of a pretraining checkpoint, with a model card, in its ecosystem's format.
+
+    Nothing of the objective beyond the backbone is exported (no projection head, no decoder).
+
+    Args:
+        model_dir: a checkpoint folder written by ``hf-ssl pretrain`` (or ``save_pretrained``).
+        output_dir: where to write the export; created if needed. It must not be ``model_dir`` and may hold
+            only files of a previous export (and dotfiles such as ``.git``).
+        eval_file: evaluation results JSON for the model card; default ``<model_dir>/eval_results.json`` when
+            that exists, else the card says the model was not evaluated.
+
+    Returns:
+        ``output_dir`` as a ``Path``.
+
+    Raises:
+        UsageError: ``model_dir`` is not a checkpoint folder, the given ``eval_file`` does not exist, no exporter
+            handles the checkpoint's model type, or ``output_dir`` is unsuitable.
+    """
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    config, exporter = _resolve(model_dir, output_dir)
+    if eval_file is None and (model_dir / EVAL_RESULTS_FILE).is_file():
+        eval_file = model_dir / EVAL_RESULTS_FILE
+    if eval_file is not None and not Path(eval_file).is_file():
+        raise UsageError(f"{eval_file}: no such evaluation results file")
+    context = ExportContext(
+        model_dir=model_dir,
+        output_dir=output_dir,
+        config=config,
+        run_info=RunInfo.load(model_dir),
+        evaluation=read_json(Path(eval_file)) if eval_file is not None else None,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    exporter.export(context)
+    logger.info("exported the %s backbone of %s to %s", config.model_type, model_dir, output_dir)
+    return output_dir
+
+
+def _check_output_dir(model_dir: Path, output_dir: Path, files: tuple[str, ...]) -> None:
+    if output_dir.exists() and output_dir.resolve() == model_dir.resolve():
+        raise UsageError(f"{output_dir}: the export would overwrite the checkpoint; choose another output_dir")
+    if output_dir.is_file():
+        raise UsageError(f"{output_dir} is a file; output_dir must be a folder")
+    if output_dir.is_dir():
+        foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in files and not p.name.startswith("."))
+        if foreign:
+            raise UsageError(
+                f"{output_dir} holds files that are not part of an export ({', '.join(foreign[:5])}); "
+                "choose an empty or new output_dir"
+            )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
+def check_export(model_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Refuse what :func:`export_backbone` would refuse, before anything is written or uploaded."""
+    _resolve(Path(model_dir), Path(output_dir))
+
+
+def _resolve(model_dir: Path, output_dir: Path) -> tuple[PretrainedConfig, Exporter]:
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"{model_dir}: not a checkpoint folder (no config.json)")
+    config = AutoConfig.from_pretrained(model_dir)
+    exporter = EXPORTERS.get(config.model_type)
+    if exporter is None:
+        raise UsageError(
+            f"{model_dir}: no exporter for model type {config.model_type!r}; "
+            f"exportable types: {', '.join(sorted(EXPORTERS))}"
+        )
+    _check_output_dir(model_dir, output_dir, exporter.files)
+    return config, exporter
