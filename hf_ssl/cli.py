@@ -104,7 +104,7 @@ def config_arguments(config_class: type) -> type:
             kind = list[int]
         else:
             kind = {"bool": bool, "int": int, "float": float}.get(annotation.split(" ")[0], str)
-        help_text = docs.get(name, "") + f" (default: {param.default})"
+        help_text = docs.get(name, "") + ("" if param.default is None else f" (default: {param.default})")
         fields.append((name, kind | None, field(default=None, metadata={"help": help_text})))
     arguments = dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
     arguments._argument_group_name = f"objective ({config_class.__name__}; saved in config.json)"
@@ -131,7 +131,13 @@ def make_parser(*dataclass_types: type, prog: str = "hf-ssl") -> HfArgumentParse
     """An ``HfArgumentParser`` that takes flags only as written (no abbreviations), named ``prog`` in its usage, in
     which optional booleans (``bool | None``, default ``None``) may also be given as a bare ``--flag`` meaning
     true, as plain boolean fields can."""
-    parser = HfArgumentParser(dataclass_types, prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter)
+    parser = HfArgumentParser(
+        dataclass_types,
+        prog=prog,
+        usage=f"{prog} [--config FILE] [--flag VALUE ...]   (flags by group below)",
+        allow_abbrev=False,
+        formatter_class=_HelpFormatter,
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="YAML or JSON file of flag values; flags given after it override them."
     )
@@ -434,11 +440,35 @@ def run(argv: list[str]) -> None:
         raise UsageError(f"unknown command {command!r}; commands: {known} (see hf-ssl --help)")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """hf_ssl's own messages to stderr; other libraries keep their own handlers (a root handler would print what
+    they log a second time)."""
+    package = logging.getLogger("hf_ssl")
+    if not package.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``hf-ssl`` console script: one line and exit status 2 for a :class:`~hf_ssl.errors.UsageError`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HF_SSL_DEBUG", "") not in ("", "0")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    _log_to_stderr()
     try:
         run(argv)
     except UsageError as err:

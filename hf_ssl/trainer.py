@@ -25,6 +25,8 @@ class SSLTrainingArguments(TrainingArguments):
     ``remove_unused_columns`` is off.
     """
 
+    _argument_group_name = "training (transformers TrainingArguments)"
+
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Batch size per device."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})

@@ -26,6 +26,8 @@ class UndecodableImageError(UsageError):
 class ImageDataArguments:
     """Data flags of image objectives."""
 
+    _argument_group_name = "data (images)"
+
     image_column: str | None = field(
         default=None,
         metadata={"help": "Image column (default: the first Image column, or a column of paths named image/path/...)."},

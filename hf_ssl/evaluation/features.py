@@ -33,7 +33,9 @@ class FeatureSpec:
 
     Args:
         modality: the data kind the backbone reads (chooses the task: preprocessing and baselines).
-        pool: ``(model outputs, inputs) -> (B, F)`` features; default the backbone's ``pooler_output``.
+        pool: ``(model outputs, inputs) -> (B, F)`` features, or an ordered ``{layer: (B, F)}`` of several feature
+            sets (e.g. each transformer layer's output): each is evaluated, the results report every layer, the best
+            (by linear probe) and, at the top level, the last; default the backbone's ``pooler_output``.
         description: what the features are, in words, reported in the results (``"mean of patch tokens"``).
         extra_metrics: ``(model, test dataset, input column, preprocessor) -> {key: results}``: the objective's own
             measures on the evaluated split (e.g. masked-token accuracy), merged into the results.
@@ -116,7 +118,8 @@ def extract_feature_sets(
         num_workers: DataLoader worker processes decoding the rows.
 
     Returns:
-        ``({name: (N, F_name) float32 CPU tensor}, labels (N,) int64)``, in dataset order.
+        ``({name: (N, F_name) float32 CPU tensor}, labels (N,) int64)``, in dataset order; an encoder returning a
+        dict of feature sets (one per layer) gives one entry ``"name/key"`` per set.
     """
     device = torch.device(device) if device is not None else default_device()
     modules = {name: enc for name, enc in encoders.items() if isinstance(enc, nn.Module)}
@@ -129,14 +132,17 @@ def extract_feature_sets(
         else:
             functions[name] = encoder
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in functions}
+    chunks: dict[str, list[torch.Tensor]] = {}
     labels: list[torch.Tensor] = []
     try:
         for batch in loader:
             batch_labels = batch.pop("labels")
             inputs = {key: value.to(device) for key, value in batch.items()}
             for name, encode in functions.items():
-                chunks[name].append(encode(inputs).float().cpu())  # (B, F)
+                features = encode(inputs)  # (B, F), or {layer: (B, F)} for a pooler reporting several layers
+                named = features.items() if isinstance(features, dict) else [(None, features)]
+                for key, value in named:
+                    chunks.setdefault(name if key is None else f"{name}/{key}", []).append(value.float().cpu())
             labels.append(batch_labels.long())
     finally:
         for name, module in modules.items():

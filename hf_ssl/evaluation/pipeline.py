@@ -176,8 +176,13 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
 
     def protocols(name: str) -> dict[str, Any]:
         (train_features, train_labels), (test_features, test_labels) = (extracted[s] for s in splits)
-        pair = ((train_features[name], train_labels), (test_features[name], test_labels))
-        return _protocols(*pair, num_classes=num_classes, args=args, device=device)
+        layers = [key.split("/", 1)[1] for key in train_features if key.startswith(f"{name}/")]
+        if not layers:
+            pair = ((train_features[name], train_labels), (test_features[name], test_labels))
+            return _protocols(*pair, num_classes=num_classes, args=args, device=device)
+        per_layer = {layer: protocols(f"{name}/{layer}") for layer in layers}
+        best = max(layers, key=lambda layer: per_layer[layer]["linear_probe"]["accuracy"])
+        return {**per_layer[layers[-1]], "layer": layers[-1], "best_layer": best, "layers": per_layer}
 
     results: dict[str, Any] = {
         "model": args.model_name_or_path,

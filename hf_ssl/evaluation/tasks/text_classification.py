@@ -1,0 +1,133 @@
+"""Text classification of frozen features: the checkpoint's own tokenizer makes the inputs; TF-IDF (reduced by a
+truncated SVD, i.e. LSA) fitted on the training texts is the task's baseline.
+
+Any text objective gets this task by declaring ``FeatureSpec("text", ...)``: its checkpoint folder must hold the
+tokenizer it was trained with (the CLI saves the objective's ``processing_class`` there), and its backbone
+(``AutoModel``) must accept the tokenizer's outputs (``input_ids``, ``attention_mask``, maybe ``token_type_ids``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PretrainedConfig
+
+from hf_ssl.data.text import (
+    DEFAULT_TEXT_CLASSIFICATION_DATASET,
+    load_default_text_classification,
+    load_tokenizer,
+)
+from hf_ssl.errors import UsageError
+from hf_ssl.evaluation.tasks.base import ClassificationTask, FittedBaseline, Preprocessor, register_task
+
+MAX_LENGTH_CAP = 512
+"""Texts are truncated to the tokenizer's ``model_max_length``, at most this and the encoder's positions."""
+TFIDF_MAX_FEATURES = 50_000
+TFIDF_COMPONENTS = 256
+
+
+def max_positions(config: PretrainedConfig) -> int | None:
+    """The encoder's ``max_position_embeddings``: the config's own, or that of its ``encoder`` / ``text_config``
+    sub-config (hf_ssl's composite configs)."""
+    for candidate in (config, getattr(config, "encoder", None), getattr(config, "text_config", None)):
+        positions = getattr(candidate, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            return positions
+    return None
+
+
+def text_max_length(tokenizer: Any, config: PretrainedConfig) -> int:
+    """Tokens per text at evaluation: ``min(tokenizer.model_max_length, 512, max positions)``, the positions less
+    RoBERTa-style offsets (``pad_token_id + 1``) where the encoder has them."""
+    length = min(int(tokenizer.model_max_length or MAX_LENGTH_CAP), MAX_LENGTH_CAP)
+    positions = max_positions(config)
+    if positions is not None:
+        encoder = getattr(config, "encoder", None) or config
+        if getattr(encoder, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            positions -= (getattr(encoder, "pad_token_id", None) or 0) + 1
+        length = min(length, positions)
+    return length
+
+
+def text_preprocessor(model_name_or_path: str, config: PretrainedConfig) -> Preprocessor:
+    """Texts -> the tokenizer's tensors (``input_ids``, ``attention_mask``, ...), padded to the longest text of the
+    batch and truncated to :func:`text_max_length`, with the tokenizer saved in the checkpoint folder.
+
+    Raises:
+        UsageError: the checkpoint holds no tokenizer.
+    """
+    try:
+        tokenizer = load_tokenizer(model_name_or_path)
+    except UsageError as error:
+        raise UsageError(
+            f"{model_name_or_path}: no tokenizer saved with the checkpoint, so its texts cannot be tokenised ({error})"
+        ) from error
+    max_length = text_max_length(tokenizer, config)
+
+    def preprocess(values: list[Any]) -> dict[str, torch.Tensor]:
+        texts = [value if isinstance(value, str) else "" for value in values]  # a missing text: an empty one
+        return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    preprocess.tokenizer = tokenizer  # type: ignore[attr-defined]  (for objectives' extra metrics)
+    preprocess.max_length = max_length  # type: ignore[attr-defined]
+    return preprocess
+
+
+def tfidf_baseline(
+    train_texts: list[Any], test_texts: list[Any], components: int = TFIDF_COMPONENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TF-IDF of word unigrams and bigrams (sublinear term frequency, at most 50,000 terms seen in two training
+    texts or more), reduced to ``components`` dimensions by a truncated SVD (latent semantic analysis) and
+    L2-normalised; both fitted on the training texts only.
+
+    Returns:
+        ``(train (N, F), test (M, F))`` float32, ``F <= components``.
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    train_texts = [t if isinstance(t, str) else "" for t in train_texts]
+    test_texts = [t if isinstance(t, str) else "" for t in test_texts]
+    vectorizer = TfidfVectorizer(
+        sublinear_tf=True,
+        ngram_range=(1, 2),
+        min_df=2 if len(train_texts) >= 50 else 1,
+        max_features=TFIDF_MAX_FEATURES,
+    )
+    try:
+        train_tfidf = vectorizer.fit_transform(train_texts)
+    except ValueError as error:  # an empty vocabulary
+        raise UsageError(f"TF-IDF baseline: the training texts have no usable words ({error})") from error
+    test_tfidf = vectorizer.transform(test_texts)
+    n_components = min(components, train_tfidf.shape[1] - 1, train_tfidf.shape[0] - 1)
+    if n_components >= 2:
+        svd = TruncatedSVD(n_components=n_components, random_state=0)
+        train_features, test_features = svd.fit_transform(train_tfidf), svd.transform(test_tfidf)
+    else:
+        train_features, test_features = train_tfidf.toarray(), test_tfidf.toarray()
+    train_features, test_features = (
+        normalize(np.asarray(f, dtype=np.float32)) for f in (train_features, test_features)
+    )
+    return torch.from_numpy(train_features), torch.from_numpy(test_features)
+
+
+def _fitted_baselines(config: PretrainedConfig) -> dict[str, FittedBaseline]:
+    return {"tfidf": tfidf_baseline}
+
+
+def _prepare(ds: Dataset, column: str) -> Dataset:
+    return ds
+
+
+TEXT_CLASSIFICATION = ClassificationTask(
+    modality="text",
+    preprocessor=text_preprocessor,
+    prepare=_prepare,
+    fitted_baselines=_fitted_baselines,
+    default_dataset=(DEFAULT_TEXT_CLASSIFICATION_DATASET, load_default_text_classification),
+)
+register_task(TEXT_CLASSIFICATION)
