@@ -394,23 +394,14 @@ def export_command(argv: list[str]) -> str:
     return str(out)
 
 
-USAGE = """usage: hf-ssl <command> ...
-
-  hf-ssl pretrain <objective> [--config FILE] [flags]
-  hf-ssl evaluate --model_name_or_path DIR [--dataset_name D] [--split test] [--output_file F.json]
-  hf-ssl export MODEL_DIR OUTPUT_DIR [--push_to_hub --hub_model_id user/name]
-  hf-ssl --version
-
-objectives:
-{objectives}
-
-Add --help after a command (and objective) for every flag; --debug shows the traceback of an error."""
-
-
 def usage() -> str:
+    """The launcher's usage, then the registered objectives and the commands they bring."""
+    from hf_ssl_launcher import USAGE
+
     width = max(len(name) for name in OBJECTIVES)
     lines = [f"  {name.ljust(width)}  {OBJECTIVES[name].summary}" for name in sorted(OBJECTIVES)]
-    return USAGE.format(objectives="\n".join(lines))
+    extra = f"\n\nmore commands: {', '.join(sorted(COMMANDS))}" if COMMANDS else ""
+    return f"{USAGE}\n\nobjectives:\n" + "\n".join(lines) + extra
 
 
 def run(argv: list[str]) -> None:
