@@ -7,7 +7,7 @@ Both run in one process, alternating (a, b, then b, a, ...) ``--repeats`` times;
 
 (a) hf_ssl: ``SimCLRForPreTraining`` (timm backbone + ``SimCLRProjectionHead`` + NT-Xent), fed by a
     ``DataLoader`` over the undecoded HF dataset with ``ImageViewsCollator(SimCLRTransform(config), column)``.
-(b) lightly: the backbone from ``create_backbone(config)`` (same timm name and kwargs), lightly's
+(b) lightly: the backbone from ``create_backbone(config.backbone, config.timm_kwargs)`` (same timm name and kwargs), lightly's
     ``SimCLRProjectionHead`` and ``NTXentLoss``, and a collate function applying
     ``lightly.transforms.SimCLRTransform`` (same crop scale, jitter strength and probability, grayscale and
     blur probability, normalisation) to the decoded PIL images. As in lightly's examples, the two views go
@@ -197,7 +197,7 @@ def run_lightly(dataset: Any, column: str, config: Any, args: argparse.Namespace
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
 
-    from hf_ssl.models.simclr import create_backbone
+    from hf_ssl.backbones.timm import create_backbone
 
     s = config.color_jitter_strength
     transform = SimCLRTransform(
@@ -211,7 +211,7 @@ def run_lightly(dataset: Any, column: str, config: Any, args: argparse.Namespace
         normalize={"mean": list(config.image_mean), "std": list(config.image_std)},
     )
     torch.manual_seed(args.seed)
-    backbone = create_backbone(config)
+    backbone = create_backbone(config.backbone, config.timm_kwargs)
     head = SimCLRProjectionHead(backbone.num_features, config.projection_hidden_dim, config.projection_dim)
     model = nn.Sequential(backbone, head).train()
     criterion = NTXentLoss(temperature=config.loss_temperature)
