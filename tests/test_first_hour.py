@@ -221,3 +221,29 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_logging_and_cpu_defaults_print_nothing_twice(tmp_path):
+    """hf_ssl logs through its own handler (a root handler would repeat what huggingface_hub and datasets log
+    through theirs), and no pin_memory warning on a machine without an accelerator."""
+    import logging
+
+    from hf_ssl.trainer import SSLTrainingArguments
+
+    main(["--version"])
+    assert not [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]  # pytest adds its own
+    assert logging.getLogger("hf_ssl").handlers and not logging.getLogger("hf_ssl").propagate
+    if not torch.accelerator.is_available():
+        assert SSLTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory is False
+
+
+def test_a_hub_id_answered_from_the_cache_says_so(monkeypatch):
+    from hf_ssl.data import data_source
+
+    class Cached:
+        cache_files = [{"filename": "/root/.cache/huggingface/datasets/cifar10/default/0.0.0/abc/data.arrow"}]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = data_source("cifar10", Cached())
+    assert source.startswith("Hub dataset 'cifar10', read from the cache /root/.cache/huggingface/datasets/cifar10")
+    assert "offline" in source
