@@ -251,11 +251,7 @@ def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None, min
             at all, or a streamed dataset without ``--max_steps``.
     """
     per_device = args.per_device_train_batch_size
-    if per_device < min_batch_size:
-        raise UsageError(
-            f"--per_device_train_batch_size {per_device}: this objective needs at least {min_batch_size} examples "
-            "per batch on each process (the other examples of a batch are its negatives)"
-        )
+    _check_batch_size(args, min_batch_size)
     if num_examples is None:
         if args.max_steps <= 0:
             raise UsageError("--streaming needs --max_steps: a streamed dataset has no known length")
@@ -273,6 +269,14 @@ def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None, min
     if steps < 1:
         raise UsageError(f"--num_train_epochs {args.num_train_epochs} gives no optimisation step")
     return steps
+
+
+def _check_batch_size(args: SSLTrainingArguments, min_batch_size: int) -> None:
+    if args.per_device_train_batch_size < min_batch_size:
+        raise UsageError(
+            f"--per_device_train_batch_size {args.per_device_train_batch_size}: this objective needs at least "
+            f"{min_batch_size} examples per batch on each process (the other examples of a batch are its negatives)"
+        )
 
 
 def _check_resume(args: SSLTrainingArguments) -> None:
@@ -302,7 +306,10 @@ def pretrain(objective: Objective, argv: list[str]) -> str:
 def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple[PreparedData, RunInfo]:
     """Load the data, let the objective prepare it, and check the run can take at least one step."""
     _check_resume(args.training)
+    _check_batch_size(args.training, objective.min_batch_size)  # before the data is read and checked
     data = args.data
+    default_name = objective.default_dataset[0]
+    dataset_name = None if data.dataset_name in (None, "", default_name) else data.dataset_name
     dataset = load_data(
         data.dataset_name,
         data.train_split,
@@ -318,8 +325,8 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
     run_info = RunInfo(
         objective=objective.name,
         hf_ssl_version=__version__,
-        dataset_name=data.dataset_name,
-        dataset_source=data_source(data.dataset_name, dataset),
+        dataset_name=dataset_name,
+        dataset_source=data_source(dataset_name, dataset) if dataset_name else f"the embedded {default_name!r} dataset",
         dataset_config_name=data.dataset_config_name,
         train_split=data.train_split,
         columns=prepared.columns,
