@@ -5,8 +5,9 @@ install:
 	python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"
 
 demo:
-	.venv/bin/hf-ssl pretrain simclr --config scripts/configs/simclr_digits.yaml
-	.venv/bin/hf-ssl evaluate --model_name_or_path runs/simclr-digits --output_file runs/simclr-digits/eval_results.json
+	OMP_NUM_THREADS=1 .venv/bin/hf-ssl pretrain simclr --config scripts/configs/simclr_digit_scenes.yaml
+	.venv/bin/hf-ssl evaluate --model_name_or_path runs/simclr-digit-scenes --dataset_name digit-scenes \
+		--output_file runs/simclr-digit-scenes/eval_results.json
 
 test:
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q

@@ -308,10 +308,9 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
     _check_resume(args.training)
     _check_batch_size(args.training, objective.min_batch_size)  # before the data is read and checked
     data = args.data
-    default_name = objective.default_dataset[0]
-    dataset_name = None if data.dataset_name in (None, "", default_name) else data.dataset_name
+    dataset_name = data.dataset_name or objective.default_dataset[0]
     dataset = load_data(
-        data.dataset_name,
+        dataset_name,
         data.train_split,
         config_name=data.dataset_config_name,
         streaming=data.streaming,
@@ -326,7 +325,7 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
         objective=objective.name,
         hf_ssl_version=__version__,
         dataset_name=dataset_name,
-        dataset_source=data_source(dataset_name, dataset) if dataset_name else f"the embedded {default_name!r} dataset",
+        dataset_source=data_source(dataset_name, dataset),
         dataset_config_name=data.dataset_config_name,
         train_split=data.train_split,
         columns=prepared.columns,

@@ -7,7 +7,7 @@ Both run in one process, alternating (a, b, then b, a, ...) ``--repeats`` times;
 
 (a) hf_ssl: ``SimCLRForPreTraining`` (timm backbone + ``SimCLRProjectionHead`` + NT-Xent), fed by a
     ``DataLoader`` over the undecoded HF dataset with ``ImageViewsCollator(SimCLRTransform(config), column)``.
-(b) lightly: the backbone from ``create_backbone(config.backbone, config.timm_kwargs)`` (same timm name and kwargs), lightly's
+(b) lightly: the same timm backbone (``hf_ssl.backbones.timm.create_backbone``) (same timm name and kwargs), lightly's
     ``SimCLRProjectionHead`` and ``NTXentLoss``, and a collate function applying
     ``lightly.transforms.SimCLRTransform`` (same crop scale, jitter strength and probability, grayscale and
     blur probability, normalisation) to the decoded PIL images. As in lightly's examples, the two views go

@@ -64,11 +64,8 @@ def test_pretrain_on_the_embedded_default(tmp_path):
     assert config.loss_temperature == 0.2 and config.backbone == "convnext_atto"
     info = json.loads((out / "hf_ssl_run.json").read_text())
     assert info["objective"] == "simclr" and info["num_examples"] == 1500 and info["global_step"] == 4
-    assert (
-        info["dataset_source"].startswith("the embedded ")
-        and info["dataset_name"] is None
-        and info["columns"] == {"image": "image"}
-    )
+    assert info["dataset_source"] == "the embedded 'digits' dataset (no download)"
+    assert info["dataset_name"] == "digits" and info["columns"] == {"image": "image"}
     assert (out / "preprocessor_config.json").exists()  # the processing class is saved with the model
     logged = [entry for entry in info["log_history"] if "loss" in entry]
     assert len(logged) == 2

@@ -60,6 +60,22 @@ def test_embedded_digits_default_needs_no_download():
     assert load_data(None, "train[:5]")["label"] == train["label"][:5]
 
 
+def test_embedded_digit_scenes_are_generated_the_same_every_time():
+    """The harder embedded set: the digits' labels and split, drawn as 32x32 colour scenes from a fixed seed."""
+    train, test = load_data("digit-scenes", "train"), load_data("digit-scenes", "test")
+    assert len(train) == 1500 and len(test) == 297 and train["label"] == load_data(None, "train")["label"]
+    assert train[0]["image"].size == (32, 32) and train[0]["image"].mode == "RGB"
+    assert find_column(train, "image") == "image" and find_label_column(train) == "label"
+    head = load_data("digit-scenes", "train[:3]")
+    assert all(np.array_equal(np.asarray(head[i]["image"]), np.asarray(train[i]["image"])) for i in range(3))
+    colours = np.stack([np.asarray(image).reshape(-1, 3).mean(0) for image in train[:50]["image"]])
+    chroma = colours - colours.mean(1, keepdims=True)  # each image's colour, its brightness taken out
+    assert chroma.std(0).min() > 0.03 * 255  # scenes vary in colour, not just in brightness
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        load_data("digit-scenes", "validation")
+    assert data_source("digit-scenes") == "the embedded 'digit-scenes' dataset (no download)"
+
+
 def test_image_folder_with_mixed_modes_and_tiny_images_collates(image_folder, config):
     ds = load_data(str(image_folder), "train")
     assert len(ds) == 6

@@ -342,3 +342,15 @@ def test_tables_show_each_evaluated_feature_set_in_percent():
     markdown = format_markdown_table(results).splitlines()
     assert markdown[0].startswith("| features | kNN accuracy (k=20, T=0.07) |") and markdown[1].startswith("|---|")
     assert markdown[2:] == ["| pretrained | 97.3% | 50.0% |", "| raw pixels | 12.0% | 100.0% |"]
+
+
+def test_tables_name_the_best_layer_and_the_objectives_own_measures():
+    last = {"knn": {"accuracy": 0.5}, "linear_probe": {"accuracy": 0.6}}
+    best = {"knn": {"accuracy": 0.7}, "linear_probe": {"accuracy": 0.72}}
+    results = {**last, "layer": "layer_4", "best_layer": "layer_0", "layers": {"layer_0": best, "layer_4": last}}
+    results |= {"mlm": {"accuracy": 0.41234, "perplexity": 123.4}, "extra_metrics": ["mlm"]}
+    lines = format_table(results).splitlines()
+    assert lines[-2] == "pretrained: rows show layer_4; best layer layer_0 (kNN 70.0%, linear probe 72.0%)"
+    assert lines[-1] == "mlm: accuracy 0.4123, perplexity 123.4"
+    sts = {"sts": {"spearman": 0.7512, "pearson": 0.7}, "baselines": {"tfidf": {"sts": {"spearman": 0.6}}}}
+    assert format_markdown_table(sts).splitlines()[2:] == ["| pretrained | 75.1 |", "| tfidf | 60.0 |"]

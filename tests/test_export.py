@@ -291,6 +291,8 @@ def test_evaluation_without_baselines():
         ("uoft-cs/cifar10", ["uoft-cs/cifar10"]),
         ("cifar10", ["cifar10"]),
         (None, []),
+        ("digits", []),  # embedded datasets are not Hub ids
+        ("digit-scenes", []),
         ("digits (embedded scikit-learn digits)", []),
         ("data/train.parquet", []),
         ("/abs/folder/x", []),

@@ -1,5 +1,15 @@
 """Data: loading from anywhere, column detection and validation, augmentations and collators."""
 
+from hf_ssl.data.audio import (
+    DEFAULT_AUDIO_DATASET,
+    AudioDataArguments,
+    BadAudioError,
+    check_audio,
+    decode_audio,
+    load_default_audio,
+    prepare_audio,
+    undecoded_audio,
+)
 from hf_ssl.data.augmentations import SimCLRTransform
 from hf_ssl.data.collators import ImageViewsCollator, SeededCollator
 from hf_ssl.data.images import (
@@ -20,6 +30,14 @@ from hf_ssl.data.loading import (
 )
 
 __all__ = [
+    "DEFAULT_AUDIO_DATASET",
+    "AudioDataArguments",
+    "BadAudioError",
+    "check_audio",
+    "decode_audio",
+    "load_default_audio",
+    "prepare_audio",
+    "undecoded_audio",
     "DEFAULT_DATASET",
     "ImageDataArguments",
     "ImageViewsCollator",

@@ -200,7 +200,9 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
         **protocols("pretrained"),
     }
     if spec.extra_metrics is not None:  # the objective's own measures on the evaluated split
-        results.update(spec.extra_metrics(model, test, column, preprocess))
+        extra = spec.extra_metrics(model, test, column, preprocess)
+        results.update(extra)
+        results["extra_metrics"] = list(extra)
     if args.baselines:
         results["baselines"] = {name: protocols(name) for name in encoders if name != "pretrained"}
         results["seed"] = args.seed

@@ -87,7 +87,26 @@ def format_table(results: dict[str, Any]) -> str:
 
     lines = [line(headers), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]
     caption = _caption(results)
-    return "\n".join(([caption] if caption else []) + lines)
+    return "\n".join(([caption] if caption else []) + lines + _extra_lines(results))
+
+
+def _extra_lines(results: dict[str, Any]) -> list[str]:
+    """The best layer where features were evaluated per layer, then one line per objective-specific measure
+    (``results["extra_metrics"]``), e.g. ``mlm: accuracy 0.412, perplexity 123``."""
+    lines = []
+    for name, entry in [("pretrained", results), *(results.get("baselines") or {}).items()]:
+        if isinstance(entry, dict) and entry.get("best_layer") is not None:  # per-layer features: say which
+            best = entry["layers"][entry["best_layer"]]
+            lines.append(
+                f"{name.replace('_', ' ')}: rows show {entry['layer']}; best layer {entry['best_layer']} "
+                f"(kNN {_cell('knn', best['knn'])}, linear probe {_cell('linear_probe', best['linear_probe'])})"
+            )
+    for key in results.get("extra_metrics") or ():
+        entry = results.get(key)
+        if isinstance(entry, dict):
+            values = [f"{name} {value:.4g}" for name, value in entry.items() if isinstance(value, int | float)]
+            lines.append(f"{key}: {', '.join(values)}")
+    return lines
 
 
 def _caption(results: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCardData
 
 from hf_ssl.callbacks import RUN_INFO_FILE, RunInfo
+from hf_ssl.data.loading import EMBEDDED_DATASETS
 from hf_ssl.evaluation.report import PROTOCOLS, result_rows
 
 REPO_ID_PLACEHOLDER = "<user>/<model-name>"
@@ -155,9 +156,10 @@ _DATA_FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".json", ".jsonl", ".arrow", 
 
 
 def hub_dataset_id(name: str | None) -> str | None:
-    """``name`` if it is a Hub dataset id (not a local path or file), else ``None``."""
+    """``name`` if it is a Hub dataset id (not a local path or file, nor an embedded dataset), else ``None``."""
     if (
         not isinstance(name, str)
+        or name in EMBEDDED_DATASETS
         or not _HUB_ID.match(name)
         or name.lower().endswith(_DATA_FILE_SUFFIXES)
         or os.path.exists(name)
@@ -193,6 +195,8 @@ def card_metadata(
     results = []
     if evaluation:
         dataset = str(evaluation.get("dataset") or "unknown")
+        if hub_dataset_id(dataset) is None and os.path.exists(dataset):  # a local folder or file: its name only
+            dataset = os.path.basename(os.path.normpath(dataset))
         task = _TASKS.get(str(evaluation.get("modality") or "image"), "feature-extraction")
         for key, label in PROTOCOLS:
             entry = evaluation.get(key)

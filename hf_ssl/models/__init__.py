@@ -1,3 +1,4 @@
-"""One folder per objective; importing this package registers every model with the Auto classes."""
+"""One folder per objective; importing this package registers every objective (Auto classes, CLI, evaluation,
+export). Adding an objective adds its name here."""
 
-from hf_ssl.models import simclr  # noqa: F401
+from hf_ssl.models import mae, mlm, simclr, simcse, wav2vec  # noqa: F401

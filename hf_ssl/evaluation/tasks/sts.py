@@ -76,12 +76,7 @@ def load_sentence_encoder(model_name_or_path: str) -> tuple[torch.nn.Module, Enc
         return model, model_encoder(model, lambda outputs, inputs: outputs.last_hidden_state[:, 0]), "first token"
     if pooling == "max":
         raise UsageError(f"{model_name_or_path}: max pooling is not supported by the STS evaluation")
-    return model, _mean_encoder(model), "mean of the token states"
-
-
-def _mean_encoder(model: torch.nn.Module) -> Encode:
-    pool = mean_pooled(model)
-    return lambda inputs: pool(inputs)
+    return model, mean_pooled(model), "mean of the token states"
 
 
 def starting_encoder(path: str) -> torch.nn.Module:

@@ -1,0 +1,146 @@
+"""Masking on device: random patch masking (MAE), token and span masking with negative sampling (wav2vec)."""
+
+from __future__ import annotations
+
+import torch
+
+# --- patch masking (MAE) ---------------------------------------------------------------------------------------
+
+
+def num_visible_patches(num_patches: int, mask_ratio: float) -> int:
+    """How many of ``num_patches`` patches stay visible: ``round((1 - mask_ratio) * num_patches)``.
+
+    Rounded to the nearest integer (Python's ``round``, half to even), then clamped to ``[1, num_patches - 1]`` so
+    that at least one patch is seen and one is predicted. transformers' ``ViTMAEEmbeddings.random_masking`` and
+    facebookresearch/mae truncate with ``int()`` instead, which agrees whenever ``(1 - mask_ratio) * num_patches`` is
+    an integer (e.g. ratio 0.75 with 64 or 196 patches) but otherwise keeps one patch fewer, and where float error
+    puts the product just below an integer (``(1 - 0.9) * 10 = 0.999...``) keeps one fewer even then.
+    """
+    return min(max(round((1.0 - mask_ratio) * num_patches), 1), num_patches - 1)
+
+
+def random_patch_masking(
+    x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by sorting noise (He et al., 2021, arXiv:2111.06377, sec. 3 "Masking").
+
+    The patches with the smallest noise are kept, in that order, as in facebookresearch/mae ``models_mae.py``
+    and transformers' ``ViTMAEEmbeddings.random_masking`` (same noise, same kept patches and order).
+
+    Args:
+        x: ``(B, L, D)`` patch tokens.
+        mask_ratio: fraction of patches to remove; the number kept is :func:`num_visible_patches`.
+        noise: ``(B, L)`` values whose argsort orders the patches; uniform random if ``None``.
+
+    Returns:
+        ``x_visible (B, K, D)`` the kept tokens, ``mask (B, L)`` in ``x.dtype`` with 1 where a patch is removed,
+        and ``ids_restore (B, L)``, the permutation that puts ``[kept, removed]`` back in patch order.
+    """
+    batch, length, dim = x.shape
+    keep = num_visible_patches(length, mask_ratio)
+    if noise is None:
+        noise = torch.rand(batch, length, device=x.device)
+    ids_shuffle = torch.argsort(noise.to(x.device), dim=1)  # (B, L): ascending noise, kept patches first
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
+    ids_keep = ids_shuffle[:, :keep]  # (B, K)
+    x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))  # (B, K, D)
+    mask = torch.ones(batch, length, device=x.device, dtype=x.dtype).scatter_(1, ids_keep, 0.0)  # (B, L)
+    return x_visible, mask, ids_restore
+
+
+# --- wav2vec 2.0: span masking and negative sampling, drawn on the device --------------------------------------------
+
+
+def compute_span_mask(
+    batch_size: int,
+    sequence_length: int,
+    mask_prob: float,
+    mask_length: int,
+    min_masks: int = 0,
+    lengths: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random time spans to mask, as in wav2vec 2.0 (Baevski et al., 2020, arXiv:2006.11477, sec. 3.1 and 4.2).
+
+    Drawn entirely with torch on ``device`` (no host synchronisation, no numpy), following the sampling of
+    transformers' ``_compute_mask_indices`` (checked against ``models/wav2vec2/modeling_wav2vec2.py``): utterance
+    ``b`` of ``L_b`` unpadded frames gets ``n_b = int(mask_prob * L_b / mask_length + u)`` span starts (``u ~ U[0, 1)``
+    drawn once per batch, probabilistic rounding), at least ``min_masks``, at most what fits, chosen uniformly
+    without replacement among ``0 .. L_b - mask_length``; each start masks ``mask_length`` frames. Spans may overlap,
+    so ``mask_prob`` is an upper bound of the masked fraction, and a span never reaches the padding.
+
+    Args:
+        batch_size: ``B``.
+        sequence_length: ``T``, frames per row (the padded length).
+        mask_prob: expected fraction of frames that start-plus-span covers before overlaps (0.65 in the paper).
+        mask_length: frames per span (10 in the paper).
+        min_masks: least number of spans per utterance (when it fits).
+        lengths: ``(B,)`` unpadded frames per row; ``None`` means all ``T``.
+        device: where to draw (defaults to ``lengths``' device, else the CPU).
+        generator: optional torch generator for reproducible draws.
+
+    Returns:
+        ``(B, T)`` bool mask, ``True`` at masked frames.
+    """
+    if mask_length < 1:
+        raise ValueError(f"mask_length must be >= 1, got {mask_length}")
+    if device is None:
+        device = lengths.device if lengths is not None else "cpu"
+    if lengths is None:
+        lengths = torch.full((batch_size,), sequence_length, dtype=torch.long, device=device)
+    lengths = lengths.to(device=device, dtype=torch.long)
+    epsilon = torch.rand((), device=device, generator=generator)
+    num_spans = (mask_prob * lengths / mask_length + epsilon).floor().long()  # (B,)
+    num_spans = num_spans.clamp(min=min_masks)
+    num_spans = torch.minimum(num_spans, torch.full_like(num_spans, sequence_length // mask_length))
+    num_starts = (lengths - (mask_length - 1)).clamp(min=0)  # valid start positions: 0 .. L_b - mask_length
+    num_spans = torch.minimum(num_spans, num_starts)
+    # a uniform subset of n_b starts without replacement: the n_b best of iid random scores over the valid starts
+    positions = torch.arange(sequence_length, device=device)
+    scores = torch.rand(batch_size, sequence_length, device=device, generator=generator)
+    scores = scores.masked_fill(positions[None, :] >= num_starts[:, None], -1.0)  # (B, T), invalid starts last
+    rank = scores.argsort(dim=1, descending=True).argsort(dim=1)  # (B, T): rank of each position's score
+    starts = rank < num_spans[:, None]  # (B, T) bool, n_b starts per row
+    # frame t is masked when a span starts in (t - mask_length, t]: a running count over a window of mask_length
+    counts = starts.long().cumsum(dim=1)  # (B, T)
+    shifted = torch.nn.functional.pad(counts, (mask_length, 0))[:, :sequence_length]  # counts[t - mask_length]
+    return (counts - shifted) > 0
+
+
+def sample_negative_indices(
+    mask_time_indices: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Distractors for the contrastive task: for each masked frame, ``num_negatives`` other masked frames of the
+    same utterance, uniformly with replacement, never the frame itself (Baevski et al., 2020, sec. 3.2).
+
+    Drawn with torch on the mask's device; same distribution and output format as transformers'
+    ``_sample_negative_indices``: indices into the flattened ``(B * T)`` frames. Rows of unmasked frames (and of
+    utterances with a single masked frame, which has no possible distractor) point at the frame itself; the loss
+    ignores unmasked frames and drops distractors equal to the positive.
+
+    Args:
+        mask_time_indices: ``(B, T)`` bool, the masked frames.
+        num_negatives: ``K``.
+        generator: optional torch generator.
+
+    Returns:
+        ``(B, T, K)`` long tensor of flat frame indices ``b * T + t'``.
+    """
+    mask = mask_time_indices.bool()
+    batch_size, sequence_length = mask.shape
+    device = mask.device
+    num_masked = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    # masked frame positions first, in time order: row b's first M_b entries are its masked frames
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    rank = mask.long().cumsum(dim=1) - 1  # (B, T): index of each masked frame among its row's masked frames
+    # r uniform in [0, M_b - 2], shifted past the frame's own rank: uniform over the M_b - 1 other masked frames
+    uniform = torch.rand(batch_size, sequence_length, num_negatives, device=device, generator=generator)
+    choices = (uniform * (num_masked - 1).clamp(min=0)[:, :, None]).long()  # (B, T, K)
+    choices = choices + (choices >= rank[:, :, None]).long()
+    negatives = order.gather(1, choices.clamp(max=sequence_length - 1).flatten(1)).view_as(choices)  # (B, T, K)
+    own = torch.arange(sequence_length, device=device)[None, :, None]
+    valid = mask[:, :, None] & (num_masked[:, :, None] > 1)
+    negatives = torch.where(valid, negatives, own)
+    offsets = torch.arange(batch_size, device=device)[:, None, None] * sequence_length
+    return negatives + offsets

@@ -1,0 +1,121 @@
+"""MLM configuration: a Hugging Face text encoder (as a sub-config) plus the masking hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from hf_ssl.errors import UsageError, check_choice, check_range
+
+# The default encoder: a small BERT (Devlin et al., 2019 layout at a quarter of BERT-base's width, a third of its
+# depth) over the bert-base-uncased WordPiece vocabulary (30,522 tokens).
+DEFAULT_ENCODER: dict[str, Any] = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "vocab_size": 30522,
+    "max_position_embeddings": 512,
+}
+
+
+def encoder_config_from(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
+    """The encoder sub-config from what a user may pass: a model name or path is resolved to its config.
+
+    An ``hf_ssl_mlm`` checkpoint given by path contributes its own encoder config. Dicts and configs pass through
+    (transformers' sub-config machinery builds the dict into the config class its ``model_type`` names).
+
+    Raises:
+        UsageError: the name or path has no readable config.
+    """
+    if not isinstance(encoder, str):
+        return encoder
+    try:
+        config = AutoConfig.from_pretrained(encoder)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"encoder must be a config dict with a model_type, or a model name/path with a config.json; "
+            f"could not read the config of {encoder!r}: {error}"
+        ) from error
+    if isinstance(config, MLMConfig):
+        return config.encoder
+    return config
+
+
+class MLMConfig(PretrainedConfig):
+    """Configuration of :class:`MLMModel` / :class:`MLMForPreTraining`: masked language modelling as in BERT
+    (Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
+    arXiv:1810.04805, section 3.1 "Task #1: Masked LM").
+
+    A composite config in the manner of transformers' own (``LlavaConfig.text_config``): ``encoder`` is a full
+    config of any encoder family ``AutoModel`` builds (BERT, RoBERTa, DistilBERT, ...), saved inside this config
+    with its ``model_type`` so that ``save_pretrained`` / ``from_pretrained`` rebuild it exactly.
+
+    Args:
+        encoder: the encoder's config: a dict carrying its ``model_type`` (``{"model_type": "roberta", ...}``; a dict
+            without one means BERT), a ``PretrainedConfig``, or a model name/path whose config is read (only the
+            config: use :meth:`MLMForPreTraining.from_encoder` to start from its weights too). ``None`` gives a small
+            BERT (hidden 256, 4 layers, 4 heads, intermediate 1024, vocabulary 30,522).
+        mlm_probability: fraction of the (non-special) tokens selected for prediction, 0.15 in BERT.
+        mask_replace_prob: of the selected tokens, the fraction replaced by the mask token (0.8 in BERT).
+        random_replace_prob: of the selected tokens, the fraction replaced by a random token (0.1 in BERT); the
+            remaining ``1 - mask_replace_prob - random_replace_prob`` keep their token.
+        whole_word_masking: select whole words (all their sub-word pieces together) instead of single tokens, as in
+            the later BERT release ("Whole Word Masking" models, google-research/bert README).
+        sparse_prediction: run the vocabulary projection only on the positions that carry a label (``labels !=
+            -100``), which gives the same loss and gradients as projecting every position (BERT's reference code
+            gathers the masked positions too: ``gather_indexes`` in google-research/bert ``run_pretraining.py``).
+            ``False`` projects every position (then ``logits`` has shape ``(B, L, V)``).
+    """
+
+    model_type = "hf_ssl_mlm"
+    sub_configs_defaults = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
+    }
+
+    def __init__(
+        self,
+        encoder: str | dict[str, Any] | PretrainedConfig | None = None,
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        whole_word_masking: bool = False,
+        sparse_prediction: bool = True,
+        **kwargs: Any,
+    ):
+        if encoder is not None and not isinstance(encoder, str | dict | PretrainedConfig):
+            raise UsageError(
+                f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
+                f"got {type(encoder).__name__}"
+            )
+        self.encoder = encoder_config_from(encoder)
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.whole_word_masking = whole_word_masking
+        self.sparse_prediction = sparse_prediction
+        super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
+        self._validate()
+
+    def _validate(self) -> None:
+        check_range("mlm_probability", self.mlm_probability, 0.0, 1.0, low_inclusive=False)
+        check_range("mask_replace_prob", self.mask_replace_prob, 0.0, 1.0)
+        check_range("random_replace_prob", self.random_replace_prob, 0.0, 1.0)
+        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
+            raise UsageError(
+                "mask_replace_prob + random_replace_prob must be <= 1 (the rest keep their token), got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}"
+            )
+        check_choice("whole_word_masking", self.whole_word_masking, (True, False))
+        check_choice("sparse_prediction", self.sparse_prediction, (True, False))
+        for field in ("vocab_size", "hidden_size"):
+            if not isinstance(getattr(self.encoder, field, None), int):
+                raise UsageError(
+                    f"encoder ({self.encoder.model_type!r}) must be a text encoder config with an integer {field}"
+                )
+        if getattr(self.encoder, "is_decoder", False):
+            raise UsageError(
+                "encoder.is_decoder must be False: masked language modelling needs bidirectional attention"
+            )

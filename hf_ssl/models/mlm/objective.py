@@ -1,0 +1,342 @@
+"""MLM as an objective: its data (text, tokenised and packed, masked in the collator), how it starts from an encoder
+checkpoint, its evaluation (pooled features plus masked-token accuracy and perplexity) and its export (the encoder
+family's own ``<Family>ForMaskedLM`` folder with the tokenizer)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, IterableDataset
+from transformers import AutoConfig, AutoModelForPreTraining, PretrainedConfig
+
+from hf_ssl._version import __version__
+from hf_ssl.data.text import (
+    DEFAULT_TEXT_DATASET,
+    TextDataArguments,
+    load_default_text,
+    load_tokenizer,
+    prepare_text_rows,
+    resolve_tokenizer,
+    tokenize_dataset,
+)
+from hf_ssl.errors import UsageError, check_range
+from hf_ssl.evaluation.features import FeatureSpec
+from hf_ssl.export import ExportContext, Exporter
+from hf_ssl.export.model_card import (
+    REPO_ID_PLACEHOLDER,
+    card_metadata,
+    evaluation_summary,
+    render_model_card,
+    training_rows,
+)
+from hf_ssl.export.transformers import TRANSFORMERS_FILES, load_tokenizer_if_any
+from hf_ssl.models.mlm.collator import IGNORE_INDEX, MLMCollator
+from hf_ssl.models.mlm.configuration_mlm import MLMConfig
+from hf_ssl.models.mlm.export import save_encoder_export
+from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining
+from hf_ssl.objectives import Objective, PreparedData
+
+logger = logging.getLogger(__name__)
+
+PAPER = ("arXiv:1810.04805", "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding")
+# families whose position ids start after the padding index (RobertaEmbeddings.create_position_ids_from_input_ids)
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
+EVAL_MASKING_SEED = 0
+EVAL_BATCH_SIZE = 128
+
+
+@dataclass
+class MLMDataArguments(TextDataArguments):
+    """The shared text flags (:class:`~hf_ssl.data.text.TextDataArguments`) and MLM's own."""
+
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad each batch's length up to a multiple of this (8 suits tensor cores)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pad_to_multiple_of is not None:
+            check_range("--pad_to_multiple_of", self.pad_to_multiple_of, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def prepare_data(ds: Dataset | IterableDataset, config: MLMConfig, args: MLMDataArguments) -> PreparedData:
+    """Text rows checked and cleaned, a tokenizer found or trained (the encoder's vocabulary sized to it), lines
+    tokenised with ``datasets.map`` (packed into blocks, or one per line), masks drawn per batch in the collator.
+
+    ``config.name_or_path`` is the ``--model_name_or_path`` the run starts from (set by :meth:`MLMObjective.
+    make_config`): its tokenizer is used unless another is named, and must fit its embeddings.
+    """
+    ds, column, skipped = prepare_text_rows(ds, args)
+    checkpoint = config.name_or_path or None
+    tokenizer, source = resolve_tokenizer(args, ds, column, checkpoint)
+    logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
+    fit_encoder_to_tokenizer(config, tokenizer, from_checkpoint=checkpoint is not None)
+    check_sequence_length(config, args.max_seq_length)
+    tokenized = tokenize_dataset(
+        ds,
+        tokenizer,
+        column,
+        args.max_seq_length,
+        mode="pack" if args.packing else "line",
+        num_proc=args.preprocessing_num_workers,
+        keep_word_ids=config.whole_word_masking,
+    )
+    collator = MLMCollator.from_config(tokenizer, config, pad_to_multiple_of=args.pad_to_multiple_of)
+    return PreparedData(
+        dataset=tokenized,
+        collator=collator,
+        columns={"text": column},
+        num_skipped=skipped,
+        processing_class=tokenizer,
+    )
+
+
+def fit_encoder_to_tokenizer(config: MLMConfig, tokenizer: Any, from_checkpoint: bool) -> None:
+    """Make ``config.encoder`` agree with the tokenizer before the model is built.
+
+    A new encoder gets the tokenizer's vocabulary size and padding id. A checkpoint's embeddings are fixed: the
+    tokenizer must not have more tokens than they have rows.
+
+    Raises:
+        UsageError: a tokenizer larger than the checkpoint's vocabulary.
+    """
+    encoder = config.encoder
+    size = len(tokenizer)
+    if from_checkpoint:
+        if size > encoder.vocab_size:
+            raise UsageError(
+                f"the tokenizer has {size} tokens but the checkpoint's embeddings only {encoder.vocab_size}: use the "
+                "checkpoint's own tokenizer (leave out --tokenizer_name)"
+            )
+        return
+    if encoder.vocab_size != size:
+        logger.info("encoder vocab_size %d -> %d, the tokenizer's", encoder.vocab_size, size)
+        encoder.vocab_size = size
+    if tokenizer.pad_token_id is not None:
+        encoder.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
+
+
+def check_sequence_length(config: MLMConfig, max_seq_length: int) -> None:
+    """Raise :class:`UsageError` when the encoder has fewer positions than ``max_seq_length`` needs."""
+    encoder = config.encoder
+    positions = getattr(encoder, "max_position_embeddings", None)
+    if positions is None:
+        return
+    needed = max_seq_length
+    if encoder.model_type in _POSITIONS_AFTER_PADDING:
+        needed += (encoder.pad_token_id or 0) + 1
+    if needed > positions:
+        raise UsageError(
+            f"--max_seq_length {max_seq_length} needs {needed} position embeddings but the encoder has {positions}; "
+            "lower --max_seq_length or raise the encoder's max_position_embeddings"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation: masked-token accuracy and perplexity on the evaluated split
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def masked_lm_metrics(model: Any, ds: Dataset, column: str, preprocess: Any) -> dict[str, Any]:
+    """Masked-token accuracy and perplexity of the checkpoint's MLM head on the evaluated texts.
+
+    The texts are tokenised by the task's ``preprocess`` (one truncated sequence per text) and masked as in training
+    (``config.mlm_probability``, 80/10/10) but per token and from a fixed seed, so two checkpoints are scored on the
+    same positions. Perplexity is ``exp`` of the mean cross-entropy over the selected tokens.
+
+    Args:
+        model: the backbone evaluation loaded (``AutoModel``: an :class:`~hf_ssl.models.mlm.MLMModel`); the head is
+            loaded from ``model.name_or_path``.
+
+    Returns:
+        ``{"mlm": {"accuracy", "perplexity", "loss", "num_predicted", "mlm_probability", "seed"}}``, or ``{}`` when
+        the checkpoint has no MLM head or no tokenizer.
+    """
+    path = model.name_or_path
+    try:
+        head_model = AutoModelForPreTraining.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as error:
+        logger.warning("no masked-token metrics: cannot load the MLM head and tokenizer of %s (%s)", path, error)
+        return {}
+    if not isinstance(head_model, MLMForPreTraining):
+        return {}
+    device = next(model.parameters()).device
+    head_model = head_model.to(device).eval()
+    config = head_model.config
+    collator = MLMCollator(
+        tokenizer,
+        mlm_probability=config.mlm_probability,
+        mask_replace_prob=config.mask_replace_prob,
+        random_replace_prob=config.random_replace_prob,
+        generator=torch.Generator().manual_seed(EVAL_MASKING_SEED),
+    )
+    total_loss, correct, count = 0.0, 0, 0
+    texts = ds[column]
+    for start in range(0, len(texts), EVAL_BATCH_SIZE):
+        inputs = preprocess(list(texts[start : start + EVAL_BATCH_SIZE]))
+        masked, labels = collator.mask_tokens(inputs["input_ids"], inputs["attention_mask"])
+        inputs = {**inputs, "input_ids": masked, "labels": labels}
+        outputs = head_model(**{key: value.to(device) for key, value in inputs.items()})
+        targets = labels[labels != IGNORE_INDEX].to(device)  # the rows of the sparse logits, in order
+        logits = outputs.logits if outputs.logits.ndim == 2 else outputs.logits[labels.to(device) != IGNORE_INDEX]
+        total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += int((logits.argmax(dim=-1) == targets).sum())
+        count += targets.numel()
+    if count == 0:
+        return {}
+    loss = total_loss / count
+    return {
+        "mlm": {
+            "accuracy": correct / count,
+            "perplexity": math.exp(loss),
+            "loss": loss,
+            "num_predicted": count,
+            "mlm_probability": config.mlm_probability,
+            "seed": EVAL_MASKING_SEED,
+        }
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def export(context: ExportContext) -> None:
+    """Write the encoder as its family's own checkpoint with the run's tokenizer (see
+    :func:`~hf_ssl.models.mlm.save_encoder_export`) and the model card."""
+    model, info = AutoModelForPreTraining.from_pretrained(context.model_dir, output_loading_info=True)
+    if not isinstance(model, MLMForPreTraining):
+        raise UsageError(f"{context.model_dir}: expected an MLM checkpoint, got {type(model).__name__}")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise UsageError(f"{context.model_dir}: {len(missing)} weights are missing ({', '.join(missing[:5])})")
+    tokenizer = load_tokenizer_if_any(context.model_dir)
+    family_model = model.to_masked_lm()
+    save_encoder_export(model.eval(), tokenizer, context.output_dir)
+    config: MLMConfig = model.config
+    encoder = config.encoder
+    exported = type(family_model).__name__ if family_model is not None else type(model.mlm.encoder).__name__
+    label = f"MLM {encoder.model_type}"
+    evaluation = context.evaluation
+    card = render_model_card(
+        "mlm.md",
+        metadata=card_metadata(
+            model_name=label,
+            library_name="transformers",
+            pipeline_tag="fill-mask" if family_model is not None else "feature-extraction",
+            license="apache-2.0",
+            tags=["hf_ssl", "self-supervised", "masked-language-modeling", encoder.model_type],
+            run_info=context.run_info,
+            evaluation=evaluation,
+        ),
+        repo_id=REPO_ID_PLACEHOLDER,
+        dataset_name=context.run_info.dataset_name if context.run_info else None,
+        hf_ssl_version=__version__,
+        family=encoder.model_type,
+        exported_class=exported,
+        has_head=family_model is not None,
+        has_tokenizer=tokenizer is not None,
+        mask_token=getattr(tokenizer, "mask_token", None) or "[MASK]",
+        hidden_size=encoder.hidden_size,
+        num_layers=_first(encoder, "num_hidden_layers", "n_layers"),
+        num_heads=_first(encoder, "num_attention_heads", "n_heads"),
+        vocab_size=encoder.vocab_size,
+        max_positions=getattr(encoder, "max_position_embeddings", None),
+        config=config,
+        training_rows=training_rows(context.run_info, unit="sequences"),
+        evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,
+        mlm_metrics=(evaluation or {}).get("mlm"),
+    )
+    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
+
+
+def _first(config: PretrainedConfig, *names: str) -> Any:
+    return next((getattr(config, name) for name in names if getattr(config, name, None) is not None), None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The objective
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MLMObjective(Objective):
+    """MLM: ``--model_name_or_path`` is an encoder checkpoint or Hub id of any ``AutoModel`` family (its weights
+    start the encoder, and its MLM head where it has one), or an ``hf_ssl_mlm`` checkpoint to continue."""
+
+    def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
+        """An :class:`MLMConfig` from the flags; with a checkpoint, its encoder config (or its whole MLM config),
+        updated by the flags. ``--encoder '{...}'`` then updates the checkpoint's encoder config (e.g. dropout).
+
+        Raises:
+            UsageError: an unreadable config, a checkpoint of another hf_ssl objective, or refused values.
+        """
+        if not model_name_or_path:
+            return self.config_class(**overrides)
+        try:
+            source = AutoConfig.from_pretrained(model_name_or_path)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {error}") from error
+        overrides = dict(overrides)
+        encoder_update = overrides.pop("encoder", None)
+        if encoder_update is not None and not isinstance(encoder_update, dict):
+            raise UsageError("--encoder with --model_name_or_path must be a JSON object of encoder fields to change")
+        if isinstance(source, MLMConfig):
+            encoder = source.encoder
+            values = {**source.to_dict(), **overrides}
+        elif source.model_type.startswith("hf_ssl_"):
+            raise UsageError(
+                f"--model_name_or_path {model_name_or_path} is a {source.model_type!r} checkpoint, not an MLM one or "
+                "a text encoder"
+            )
+        else:
+            encoder, values = source, overrides
+        encoder_dict = {**encoder.to_dict(), **(encoder_update or {})}
+        config = self.config_class(**{**values, "encoder": encoder_dict})
+        config._name_or_path = str(model_name_or_path)  # tells prepare_data to use (and fit) its tokenizer
+        return config
+
+    def make_model(self, config: PretrainedConfig, model_name_or_path: str | None = None) -> MLMForPreTraining:
+        """A new model, the MLM checkpoint at ``model_name_or_path``, or a new model whose encoder (and head, where
+        the checkpoint has one) starts from an encoder checkpoint."""
+        if not model_name_or_path:
+            return MLMForPreTraining(config)
+        if isinstance(AutoConfig.from_pretrained(model_name_or_path), MLMConfig):
+            return MLMForPreTraining.from_pretrained(model_name_or_path, config=config)
+        model = MLMForPreTraining(config)
+        with_head = model.load_encoder_checkpoint(model_name_or_path)
+        logger.info(
+            "started the encoder%s from %s", " and its MLM head" if with_head else " (new MLM head)", model_name_or_path
+        )
+        return model
+
+
+MLM = MLMObjective(
+    name="mlm",
+    config_class=MLMConfig,
+    model_class=MLMForPreTraining,
+    modality="text",
+    data_arguments=MLMDataArguments,
+    prepare_data=prepare_data,
+    features=FeatureSpec(
+        "text",
+        description="mean of the encoder's last hidden states over the non-padding tokens (pooler_output)",
+        extra_metrics=masked_lm_metrics,
+    ),
+    exporter=Exporter(export, (*TRANSFORMERS_FILES, "README.md")),
+    default_dataset=(DEFAULT_TEXT_DATASET, load_default_text),
+    summary="masked language modelling (BERT's MLM) of any Hugging Face text encoder, exported in its own format",
+)

@@ -1,0 +1,130 @@
+"""SimCSE configuration: a Hugging Face text encoder (as a sub-config) plus the pooling and loss hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from hf_ssl.errors import UsageError, check_choice, check_range
+
+POOLER_TYPES = ("cls", "cls_before_pooler", "mean")
+
+# The default encoder: the small BERT of the MLM objective (hidden 256, 4 layers, 4 heads, intermediate 1024) over
+# the bert-base-uncased WordPiece vocabulary (30,522 tokens), so an hf_ssl MLM run is a drop-in starting point.
+DEFAULT_ENCODER: dict[str, Any] = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "vocab_size": 30522,
+    "max_position_embeddings": 512,
+}
+
+
+def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
+    """The encoder sub-config from what a user may pass: a model name or path is resolved to its config.
+
+    An hf_ssl checkpoint whose config is composite (``hf_ssl_mlm``, ``hf_ssl_simcse``: an ``encoder`` sub-config)
+    contributes that encoder config. Dicts and configs pass through.
+
+    Raises:
+        UsageError: the name or path has no readable config.
+    """
+    if encoder is not None and not isinstance(encoder, str | dict | PretrainedConfig):
+        raise UsageError(
+            f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
+            f"got {type(encoder).__name__}"
+        )
+    if isinstance(encoder, PretrainedConfig):
+        return inner_encoder_config(encoder)
+    if not isinstance(encoder, str):
+        return encoder
+    try:
+        config = AutoConfig.from_pretrained(encoder)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"encoder must be a config dict with a model_type, or a model name/path with a config.json; "
+            f"could not read the config of {encoder!r}: {error}"
+        ) from error
+    return inner_encoder_config(config)
+
+
+def inner_encoder_config(config: PretrainedConfig) -> PretrainedConfig:
+    """``config.encoder`` for a composite hf_ssl config (MLM, SimCSE), else ``config`` itself."""
+    inner = getattr(config, "encoder", None)
+    return inner if isinstance(inner, PretrainedConfig) else config
+
+
+class SimCSEConfig(PretrainedConfig):
+    """Configuration of :class:`SimCSEModel` / :class:`SimCSEForPreTraining`: contrastive sentence embeddings as in
+    SimCSE (Gao et al., 2021, "SimCSE: Simple Contrastive Learning of Sentence Embeddings", arXiv:2104.08821).
+
+    Unsupervised (a batch of sentences): each sentence is encoded twice in one forward pass of the doubled batch, the
+    encoder's dropout being the only noise, and the two embeddings are each other's positive. Supervised (batches of
+    (sentence, positive[, hard negative])): the positive is a paired sentence (e.g. an entailment), the hard
+    negative a contradiction. The loss is InfoNCE over cosine similarities with in-batch negatives
+    (:func:`hf_ssl.losses.info_nce_loss`).
+
+    A composite config like transformers' own (``LlavaConfig.text_config``) and :class:`~hf_ssl.MLMConfig`:
+    ``encoder`` is a full config of any encoder family ``AutoModel`` builds (BERT, RoBERTa, DistilBERT, ...).
+
+    Args:
+        encoder: the encoder's config: a dict carrying its ``model_type`` (a dict without one means BERT), a
+            ``PretrainedConfig``, or a model name/path whose config is read (an hf_ssl MLM checkpoint gives its
+            encoder); only the config: ``--model_name_or_path`` starts from the weights too. ``None`` gives a small
+            BERT (hidden 256, 4 layers, 4 heads, intermediate 1024, vocabulary 30,522). Its dropout
+            (``hidden_dropout_prob``, 0.1 in BERT) is the augmentation of unsupervised SimCSE.
+        pooler_type: the sentence embedding: ``"cls"``, the first token's state, trained through an MLP (dense +
+            tanh) that is used for the loss only and dropped afterwards (the paper's unsupervised setting);
+            ``"cls_before_pooler"``, the first token's state with no MLP; ``"mean"``, the mean of the non-padding
+            token states.
+        loss_temperature: tau of the InfoNCE loss over cosine similarities (0.05 in the paper).
+        hard_negative_weight: alpha >= 0, the weight of an anchor's own hard negative in the loss' denominator
+            (Gao et al., 2021, eq. 5; 1 in the paper); only used with a hard-negative column.
+        gather_distributed: use the other processes' sentences as negatives when training on several processes.
+        starting_encoder: provenance: the checkpoint or Hub id the encoder weights started from (set by
+            ``--model_name_or_path``; ``None``: random initialisation). Evaluation compares with it.
+    """
+
+    model_type = "hf_ssl_simcse"
+    sub_configs_defaults = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
+    }
+    # outputs the Trainer's evaluation loop must not gather as predictions (scalars of training monitors)
+    keys_to_ignore_at_inference = ["alignment", "uniformity"]
+
+    def __init__(
+        self,
+        encoder: str | dict[str, Any] | PretrainedConfig | None = None,
+        pooler_type: str = "cls",
+        loss_temperature: float = 0.05,
+        hard_negative_weight: float = 1.0,
+        gather_distributed: bool = True,
+        starting_encoder: str | None = None,
+        **kwargs: Any,
+    ):
+        self.encoder = resolve_encoder_config(encoder)
+        self.pooler_type = pooler_type
+        self.loss_temperature = loss_temperature
+        self.hard_negative_weight = hard_negative_weight
+        self.gather_distributed = gather_distributed
+        self.starting_encoder = starting_encoder
+        super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
+        self._validate()
+
+    def _validate(self) -> None:
+        check_choice("pooler_type", self.pooler_type, POOLER_TYPES)
+        check_range("loss_temperature", self.loss_temperature, 0.0, low_inclusive=False)
+        check_range("hard_negative_weight", self.hard_negative_weight, 0.0)
+        check_choice("gather_distributed", self.gather_distributed, (True, False))
+        if self.starting_encoder is not None and not isinstance(self.starting_encoder, str):
+            raise UsageError(f"starting_encoder must be a model name or path, got {self.starting_encoder!r}")
+        for field in ("vocab_size", "hidden_size"):
+            if not isinstance(getattr(self.encoder, field, None), int):
+                raise UsageError(
+                    f"encoder ({self.encoder.model_type!r}) must be a text encoder config with an integer {field}"
+                )
+        if getattr(self.encoder, "is_decoder", False):
+            raise UsageError("encoder.is_decoder must be False: SimCSE encodes sentences with bidirectional attention")

@@ -1,0 +1,239 @@
+"""SimCSE: contrastive sentence embeddings from any Hugging Face text encoder (Gao et al., 2021, arXiv:2104.08821).
+
+Checked against the authors' code (princeton-nlp/SimCSE ``simcse/models.py``: ``Pooler``, ``MLPLayer``,
+``cl_forward``): the batch of ``B`` examples with ``S`` sentences each is encoded in **one** forward pass of
+``S * B`` sequences; unsupervised SimCSE is ``S = 2`` copies of the same sentence, so the two embeddings differ only by
+the encoder's dropout. Pooling ``cls`` trains through an MLP (dense + tanh) that the sentence embedding
+(:class:`SimCSEModel`) does not use.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from hf_ssl.errors import UsageError
+from hf_ssl.losses import alignment, info_nce_loss, uniformity
+from hf_ssl.models.mlm.modeling_mlm import create_encoder
+from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig, inner_encoder_config
+
+
+def pool_sentences(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooler_type: str) -> torch.Tensor:
+    """Token states ``(B, L, H)`` -> sentence embeddings ``(B, H)``: the first token's state (``cls``,
+    ``cls_before_pooler``) or the mean over the tokens where ``attention_mask`` is 1 (``mean``)."""
+    if pooler_type in ("cls", "cls_before_pooler"):
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class SimCSEMLP(nn.Module):
+    """The MLP over the ``cls`` embedding used for the loss only (SimCSE's ``MLPLayer``: dense + tanh, the shape of
+    BERT's pooler)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(features))
+
+
+@dataclass
+class SimCSEForPreTrainingOutput(ModelOutput):
+    """Output of :class:`SimCSEForPreTraining`.
+
+    Args:
+        loss: InfoNCE loss over this process' anchors, scalar.
+        alignment: alignment of the (anchor, positive) sentence embeddings of the batch (Wang & Isola, 2020; lower
+            is better), scalar monitor without gradient.
+        uniformity: uniformity of the anchors' sentence embeddings (Wang & Isola, 2020; lower is more uniform, 0 is
+            collapse), scalar monitor without gradient.
+        embeddings: ``(B, S, H)`` sentence embeddings (what :class:`SimCSEModel` returns, before the training MLP)
+            of the ``S`` sentences of each example (``S = 2`` dropout views when unsupervised).
+    """
+
+    loss: torch.Tensor | None = None
+    alignment: torch.Tensor | None = None
+    uniformity: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
+
+
+class SimCSEPreTrainedModel(PreTrainedModel):
+    """Base class: config class, initialisation of the MLP (the encoder initialises itself), and the attention
+    implementations passed through to the encoder (SDPA by default)."""
+
+    config_class = SimCSEConfig
+    config: SimCSEConfig
+    base_model_prefix = "simcse"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config.encoder, "initializer_range", None) or 0.02
+        if isinstance(module, SimCSEMLP):
+            init.normal_(module.dense.weight, mean=0.0, std=std)
+            init.zeros_(module.dense.bias)
+
+
+class SimCSEModel(SimCSEPreTrainedModel):
+    """The sentence encoder (what ``AutoModel`` loads from a SimCSE checkpoint): token ids in, ``pooler_output`` the
+    sentence embedding (``config.pooler_type``, without the training-only MLP)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^mlp\."]
+
+    def __init__(self, config: SimCSEConfig):
+        super().__init__(config)
+        self.encoder = create_encoder(config.encoder)
+        self._takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 for tokens, 0 for padding; ``None`` means all tokens.
+            token_type_ids: ``(B, L)`` segment ids, for the families that have them (dropped otherwise).
+
+        Returns:
+            ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the sentence embeddings.
+        """
+        encoder_kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_type_ids:
+            encoder_kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(input_ids=input_ids, **encoder_kwargs).last_hidden_state  # (B, L, H)
+        pooled = pool_sentences(hidden, attention_mask, self.config.pooler_type)  # (B, H)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
+class SimCSEForPreTraining(SimCSEPreTrainedModel):
+    """The sentence encoder, the ``cls`` MLP and the InfoNCE loss of SimCSE (Gao et al., 2021).
+
+    Inputs are ``(B, L)`` sentences (unsupervised: each is encoded twice, in one forward pass of the doubled batch)
+    or ``(B, S, L)`` with ``S = 2`` (sentence, positive) or ``S = 3`` (sentence, positive, hard negative).
+    """
+
+    def __init__(self, config: SimCSEConfig):
+        super().__init__(config)
+        self.simcse = SimCSEModel(config)
+        self.mlp = SimCSEMLP(config.encoder.hidden_size) if config.pooler_type == "cls" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.simcse.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.simcse.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SimCSEForPreTrainingOutput:
+        """Args:
+            input_ids: ``(B, L)`` sentences (unsupervised) or ``(B, S, L)``, ``S`` in {2, 3}: sentence, positive
+                and optionally hard negative of each example; ``B >= 2`` (the others are the negatives).
+            attention_mask: same shape as ``input_ids``, 1 for tokens, 0 for padding.
+            token_type_ids: same shape, for the families that have segments.
+            labels: ``(B,)`` similarity scores of an evaluation batch of pairs; not used by the loss (they reach
+                the Trainer's ``compute_metrics`` with the ``embeddings``).
+
+        Returns:
+            :class:`SimCSEForPreTrainingOutput`.
+        """
+        if input_ids.ndim == 2:
+            views = 2
+            batch = input_ids.shape[0]
+            flat = {"input_ids": torch.cat([input_ids, input_ids])}  # (2B, L): view-major, one forward pass
+            for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+                if value is not None:
+                    flat[name] = torch.cat([value, value])
+        elif input_ids.ndim == 3 and input_ids.shape[1] in (2, 3):
+            batch, views = input_ids.shape[:2]
+            flat = {"input_ids": input_ids.transpose(0, 1).flatten(0, 1)}  # (S * B, L), view-major
+            for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+                if value is not None:
+                    flat[name] = value.transpose(0, 1).flatten(0, 1)
+        else:
+            raise ValueError(
+                f"SimCSE expects input_ids of shape (B, L) or (B, S, L) with S in (2, 3), got {tuple(input_ids.shape)}"
+            )
+        if batch < 2:
+            raise ValueError(f"SimCSE needs at least 2 examples per batch (the others are the negatives), got {batch}")
+        embeddings = self.simcse(**flat).pooler_output  # (S * B, H)
+        projected = self.mlp(embeddings) if self.mlp is not None else embeddings
+        z = projected.unflatten(0, (views, batch))  # (S, B, H)
+        loss = info_nce_loss(
+            z[0],
+            z[1],
+            z[2] if views == 3 else None,
+            temperature=self.config.loss_temperature,
+            hard_negative_weight=self.config.hard_negative_weight,
+            gather_distributed=self.config.gather_distributed,
+        )
+        sentences = embeddings.detach().unflatten(0, (views, batch))  # (S, B, H)
+        return SimCSEForPreTrainingOutput(
+            loss=loss,
+            alignment=alignment(sentences[0], sentences[1]),
+            uniformity=uniformity(sentences[0]),
+            embeddings=embeddings.unflatten(0, (views, batch)).transpose(0, 1),  # (B, S, H)
+        )
+
+    def load_encoder(self, name_or_path: str) -> None:
+        """Start the encoder from a checkpoint's weights: any encoder family's checkpoint or Hub id (its pooler,
+        if any, is ignored), or an hf_ssl checkpoint with an ``encoder`` (an MLM run, its export, a SimCSE run).
+
+        Raises:
+            UsageError: the weights do not fit ``config.encoder`` (missing or unexpected weights).
+        """
+        try:
+            source = AutoModel.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--model_name_or_path {name_or_path}: cannot load its weights: {error}") from error
+        if inner_encoder_config(source.config) is not source.config:  # an hf_ssl composite: its encoder module
+            source = source.encoder
+        state = {k: v for k, v in source.state_dict().items() if not k.startswith("pooler.")}
+        missing, unexpected = self.simcse.encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UsageError(
+                f"--model_name_or_path {name_or_path}: its weights do not fit the encoder config: missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+
+def encoder_config_of(name_or_path: str) -> Any:
+    """The encoder config of a checkpoint or Hub id (the ``encoder`` of an hf_ssl composite config)."""
+    return inner_encoder_config(AutoConfig.from_pretrained(name_or_path))

@@ -1,0 +1,239 @@
+"""Unsupervised SimCSE, one process: hf_ssl against sentence-transformers' MultipleNegativesRankingLoss.
+
+Both train the same encoder (the same initial weights: an MLM checkpoint given by ``--model_name_or_path``, or a
+seeded random BERT of hidden 256, 4 layers) on the same sentences for the same number of steps, with the same
+optimiser (AdamW, constant learning rate, no weight decay), batch size, maximum length (32), temperature (0.05, i.e.
+MNRL's ``scale`` 20), pooling (mean of the token states: sentence-transformers' default; hf_ssl
+``pooler_type=mean``), fp32, dropout on, each through its own trainer:
+
+- hf_ssl: ``hf-ssl pretrain simcse`` (``SSLTrainer``): sentences tokenised once with ``datasets.map``, each batch of
+  ``B`` sentences encoded twice in **one** forward pass of ``2B`` sequences (the two dropout masks are the views).
+- sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` over (sentence,
+  sentence) pairs, the recipe of its SimCSE example: tokenised in the collator, anchors and positives encoded in two
+  forward passes of ``B`` sequences.
+
+Throughput is sentences per second of training (``train_runtime`` of each trainer; tokenisation before training is
+timed and printed apart). Both are then scored on STS-B dev (Spearman x 100 of the cosine similarity, the same
+evaluator and the same mean pooling for both). The two alternate, the order flipping every repeat, so they see the
+same machine load on average.
+
+Example (from the project root; the data sit in ../shared/data)::
+
+    OMP_NUM_THREADS=1 python scripts/benchmark_simcse.py --model_name_or_path runs/mlm-enwiki-wordnet --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ENCODER = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "max_position_embeddings": 512,
+}
+
+
+def sentences(limit: int, seed: int) -> list[str]:
+    from hf_ssl.data.text import read_text_lines
+
+    lines = [
+        line.strip()
+        for name in ("enwiki_sentences.txt", "wordnet_examples.txt")
+        for line in read_text_lines(SHARED_DATA / "text" / name)
+        if line.strip()
+    ]
+    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [lines[i] for i in order[:limit]]
+
+
+def starting_encoder(args: argparse.Namespace, folder: Path) -> Path:
+    """A plain BERT folder (weights + tokenizer) both sides start from."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    from hf_ssl.models.simcse.configuration_simcse import inner_encoder_config
+
+    if args.model_name_or_path:
+        model = AutoModel.from_pretrained(args.model_name_or_path)
+        if inner_encoder_config(model.config) is not model.config:
+            model = model.encoder  # an hf_ssl MLM run: its encoder
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(SHARED_DATA / "tokenizers" / "bert-base-uncased")
+        torch.manual_seed(args.seed)
+        model = BertModel(BertConfig(vocab_size=len(tokenizer), **ENCODER), add_pooling_layer=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sts_spearman(model: torch.nn.Module, tokenizer, dev: Dataset) -> float:
+    from hf_ssl.evaluation.sts import encode_sentences, mean_pooled, sts_metrics
+
+    model.eval()
+    encode = mean_pooled(model)
+    a, b = (encode_sentences(encode, tokenizer, dev[c], 128, 256) for c in ("sentence1", "sentence2"))
+    return 100 * sts_metrics(a, b, dev["score"])["spearman"]
+
+
+def common_args(args: argparse.Namespace, output_dir: Path) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": args.batch_size,
+        "max_steps": args.steps,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "logging_steps": max(1, args.steps // 5),
+        "save_strategy": "no",
+        "seed": args.seed,
+        "dataloader_drop_last": True,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def run_hf_ssl(args, start: Path, texts: list[str], dev: Dataset, work: Path, group_by_length: bool = False) -> dict:
+    from transformers import AutoModel
+
+    from hf_ssl.models.simcse import SIMCSE, SimCSEDataArguments
+    from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
+
+    started = time.perf_counter()
+    config = SIMCSE.make_config(
+        {"pooler_type": "mean", "loss_temperature": args.temperature, "gather_distributed": False}, str(start)
+    )
+    data = SimCSEDataArguments(max_seq_length=args.max_seq_length)
+    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data)
+    preprocessing = time.perf_counter() - started
+    torch.manual_seed(args.seed)
+    model = SIMCSE.make_model(config, str(start))
+    strategy = "group_by_length" if group_by_length else "random"
+    trainer = SSLTrainer(
+        model=model,
+        args=SSLTrainingArguments(**common_args(args, work / "hf_ssl"), train_sampling_strategy=strategy),
+        train_dataset=prepared.dataset,
+        data_collator=prepared.collator,
+        processing_class=prepared.processing_class,
+    )
+    metrics = trainer.train().metrics
+    trainer.save_model()
+    encoder = AutoModel.from_pretrained(work / "hf_ssl").encoder  # SimCSEModel's encoder
+    return {
+        "train_runtime": metrics["train_runtime"],
+        "preprocessing_s": preprocessing,
+        "spearman": sts_spearman(encoder, prepared.processing_class, dev),
+        "loss": metrics["train_loss"],
+    }
+
+
+def run_sentence_transformers(args, start: Path, texts: list[str], dev: Dataset, work: Path) -> dict:
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+        models,
+    )
+
+    started = time.perf_counter()
+    transformer = models.Transformer(str(start), max_seq_length=args.max_seq_length)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    torch.manual_seed(args.seed)
+    model = SentenceTransformer(modules=[transformer, pooling], device="cuda" if torch.cuda.is_available() else "cpu")
+    pairs = Dataset.from_dict({"anchor": texts, "positive": texts})
+    preprocessing = time.perf_counter() - started
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=SentenceTransformerTrainingArguments(**common_args(args, work / "st")),
+        train_dataset=pairs,
+        loss=losses.MultipleNegativesRankingLoss(model, scale=1.0 / args.temperature),
+    )
+    metrics = trainer.train().metrics
+    return {
+        "train_runtime": metrics["train_runtime"],
+        "preprocessing_s": preprocessing,
+        "spearman": sts_spearman(model[0].auto_model, model.tokenizer, dev),
+        "loss": metrics["train_loss"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", help="Starting encoder (an MLM run); default a random small BERT.")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_seq_length", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="Also run hf_ssl with batches of sentences of similar length (--train_sampling_strategy "
+        "group_by_length: less padding, other negatives in each batch); sentence-transformers has no such sampler.",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of each side, alternating which goes first.")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_file", help="Write the measurements here as JSON.")
+    args = parser.parse_args()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    import hf_ssl  # noqa: F401  (registers the objectives)
+    from hf_ssl.evaluation.sts import load_sts
+
+    texts = sentences(args.steps * args.batch_size, args.seed)
+    dev = load_sts(str(SHARED_DATA / "text" / "stsb"), "dev")
+    sides = {"hf_ssl": run_hf_ssl, "sentence_transformers": run_sentence_transformers}
+    if args.group_by_length:
+        sides["hf_ssl_group_by_length"] = lambda *a: run_hf_ssl(*a, group_by_length=True)
+    results: dict[str, list[dict]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        start = starting_encoder(args, work / "start")
+        print(f"start: {args.model_name_or_path or 'random BERT'}; starting encoder STS-B dev Spearman: ", end="")
+        from transformers import AutoModel, AutoTokenizer
+
+        print(f"{sts_spearman(AutoModel.from_pretrained(start), AutoTokenizer.from_pretrained(start), dev):.1f}")
+        for repeat in range(args.repeats):
+            order = list(sides) if repeat % 2 == 0 else list(reversed(sides))  # same average load for each
+            for name in order:
+                result = sides[name](args, start, texts, dev, work / f"{name}-{repeat}")
+                result["sentences_per_s"] = args.steps * args.batch_size / result["train_runtime"]
+                results[name].append(result)
+                print(
+                    f"repeat {repeat} {name:24s} {result['sentences_per_s']:8.1f} sentences/s  "
+                    f"STS-B dev Spearman {result['spearman']:.1f}  (tokenisation before training "
+                    f"{result['preprocessing_s']:.1f} s, mean loss {result['loss']:.3f})",
+                    flush=True,
+                )
+    speed = {name: statistics.median(r["sentences_per_s"] for r in runs) for name, runs in results.items()}
+    quality = {name: statistics.median(r["spearman"] for r in runs) for name, runs in results.items()}
+    print(
+        f"\nmedians of {args.repeats} run(s) each: {args.steps} steps of {args.batch_size} sentences, "
+        f"max length {args.max_seq_length}, fp32, "
+        f"{torch.get_num_threads()} thread(s), {'CUDA' if torch.cuda.is_available() else 'CPU'}"
+    )
+    for name in sides:
+        print(f"{name:24s} {speed[name]:8.1f} sentences/s   STS-B dev Spearman {quality[name]:.1f}")
+    for name in (n for n in sides if n != "sentence_transformers"):
+        print(f"speed ratio {name} / sentence_transformers: {speed[name] / speed['sentence_transformers']:.2f}x")
+    if args.output_file:
+        Path(args.output_file).write_text(json.dumps({"args": vars(args), "runs": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
