@@ -346,6 +346,8 @@ def build_trainer(
         model=model,
         args=args.training,
         train_dataset=prepared.dataset,
+        eval_dataset=prepared.eval_dataset,
+        compute_metrics=prepared.compute_metrics,
         data_collator=prepared.collator,
         processing_class=prepared.processing_class,
         callbacks=callbacks,

@@ -34,6 +34,8 @@ class PreparedData:
         columns: the columns read, by role (``{"image": "img"}``), for the run record.
         num_skipped: rows dropped as unusable (counted, logged).
         processing_class: the image processor / tokenizer / feature extractor saved with the model (``None``: none).
+        eval_dataset: rows the Trainer evaluates every ``--eval_steps`` (e.g. SimCSE's STS pairs), or ``None``.
+        compute_metrics: the Trainer's ``compute_metrics`` for ``eval_dataset`` (``metric_for_best_model`` reads it).
     """
 
     dataset: Dataset | IterableDataset
@@ -41,6 +43,8 @@ class PreparedData:
     columns: dict[str, str] = field(default_factory=dict)
     num_skipped: int = 0
     processing_class: Any = None
+    eval_dataset: Dataset | None = None
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,15 @@ class SSLTrainer(Trainer):
                     self._counts[name] += 1
         return (loss, outputs) if return_outputs else loss
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation reads every row: ``dataloader_drop_last`` (on for training batches) does not apply to it."""
+        drop_last = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._sums:  # a training log: attach the averages gathered since the last one
             names = list(self._sums)

@@ -1,5 +1,5 @@
 """STS evaluation: reading (sentence1, sentence2, score) data (the STS Benchmark's headerless TSV included),
-correlations, the TF-IDF baseline, and ``hf-ssl evaluate-sts`` end to end with its baselines and JSON shape."""
+correlations, the TF-IDF baseline, and ``hf-ssl evaluate`` end to end with its baselines and JSON shape."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_evaluate_sts_command_end_to_end_with_baselines(tmp_path, capsys):
     out = tmp_path / "eval.json"
     main(
         [
-            "evaluate-sts",
+            "evaluate",
             "--model_name_or_path",
             str(tmp_path / "ckpt"),
             "--dataset_name",
@@ -131,7 +131,7 @@ def test_evaluate_sts_command_end_to_end_with_baselines(tmp_path, capsys):
     assert names == ["pretrained", "tfidf", "starting encoder", "random init"]
     assert "STS Spearman" in format_table(results) and "STS Spearman" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["evaluate-sts", "--model_name_or_path", str(tmp_path / "ckpt")])  # no dataset: one-line error
+        main(["evaluate", "--task", "sts", "--model_name_or_path", str(tmp_path / "ckpt")])  # no data: an error
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_ssl.errors import check_range
+from hf_ssl.errors import check_choice, check_range
 
 
 @dataclass
@@ -35,8 +35,16 @@ class EvaluationArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed for the random-init baseline."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets caches downloads."})
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "classification (kNN and linear probe of labelled rows), sts (cosine similarity of sentence pairs "
+            "against their scores), or auto: sts when the split reads as (sentence1, sentence2, score) data."
+        },
+    )
 
     def __post_init__(self) -> None:
+        check_choice("--task", self.task, ("auto", "classification", "sts"))
         check_range("--knn_k", self.knn_k, 1)
         check_range("--knn_temperature", self.knn_temperature, 0, low_inclusive=False)
         check_range("--probe_max_iter", self.probe_max_iter, 1)

@@ -111,7 +111,9 @@ def _protocols(
 
 
 def evaluate(args: EvaluationArguments) -> dict[str, Any]:
-    """kNN and linear-probe accuracy of a checkpoint's frozen backbone on a labelled dataset of its data kind.
+    """kNN and linear-probe accuracy of a checkpoint's frozen backbone on a labelled dataset of its data kind, or
+    (``args.task`` ``sts``, or ``auto`` on (sentence1, sentence2, score) data) STS correlations
+    (:func:`~hf_ssl.evaluation.tasks.sts.evaluate_sts`).
 
     The backbone is loaded with ``AutoModel.from_pretrained``; the checkpoint's feature spec gives its data kind and
     pooler, and that kind's task the preprocessing (from the checkpoint's own config) and baselines. The kNN bank
@@ -134,6 +136,13 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
         UsageError: a missing checkpoint, split, input or label column (the message lists what exists), unusable
             labels, or a checkpoint whose weights do not fit its backbone.
     """
+    from hf_ssl.evaluation.sts import looks_like_sts  # the STS task imports this module
+    from hf_ssl.evaluation.tasks.sts import evaluate_sts
+
+    if args.task == "sts" or (
+        args.task == "auto" and looks_like_sts(args.dataset_name, args.split, cache_dir=args.cache_dir)
+    ):
+        return evaluate_sts(args)
     started = time.perf_counter()
     model = load_backbone(args.model_name_or_path)
     spec = feature_spec(model.config)

@@ -215,7 +215,7 @@ def card_metadata(
                         dataset_name=dataset,
                         dataset_split=str(evaluation.get("split") or "test"),
                         metric_type=metric,
-                        metric_name=label if metric == "accuracy" else f"{label} ({metric})",
+                        metric_name=label if metric == "accuracy" else f"STS {metric.capitalize()}",
                         metric_value=round(float(value), 4),
                     )
                 )

@@ -1,13 +1,12 @@
 """SimCSE as an objective: its data (sentences, or sentence / positive / hard-negative columns, tokenised once), how
 it starts from an encoder checkpoint (an MLM run, its export, any Hub encoder), its STS evaluation (during training
-through the Trainer's evaluation hooks, and as the ``hf-ssl evaluate-sts`` command) and its export (a
-sentence-transformers folder that is also a plain transformers encoder folder)."""
+through the Trainer's evaluation hooks; ``hf-ssl evaluate`` on (sentence1, sentence2, score) data) and its export
+(a sentence-transformers folder that is also a plain transformers encoder folder)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,15 +105,6 @@ class SimCSEDataArguments(TextDataArguments):
     @property
     def supervised(self) -> bool:
         return self.positive_column is not None or self.min_positive_score is not None
-
-
-@dataclass
-class SimCSEPreparedData(PreparedData):
-    """:class:`~hf_ssl.objectives.PreparedData` plus what the Trainer's evaluation hooks take (``eval_dataset``,
-    ``compute_metrics``): STS pairs evaluated every ``--eval_steps``."""
-
-    eval_dataset: Dataset | None = None
-    compute_metrics: Callable[[Any], dict[str, float]] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -239,7 +229,7 @@ def prepare_data(ds: Dataset | IterableDataset, config: SimCSEConfig, args: SimC
             ds, tokenizer, columns[0], args.max_seq_length, mode="line", num_proc=args.preprocessing_num_workers
         )
     roles = ("sentence", "positive", "hard_negative")
-    prepared = SimCSEPreparedData(
+    prepared = PreparedData(
         dataset=dataset,
         collator=SimCSECollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         columns=dict(zip(roles, columns, strict=False)) if args.supervised else {"text": columns[0]},
@@ -330,26 +320,6 @@ def export(context: ExportContext) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The STS command
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def evaluate_sts_command(argv: list[str]) -> dict[str, Any]:
-    """``hf-ssl evaluate-sts --model_name_or_path DIR --dataset_name ../shared/data/text/stsb --split dev``: the
-    flags of ``hf-ssl evaluate``; prints the table and returns the results."""
-    from hf_ssl.cli import make_parser, parse
-    from hf_ssl.evaluation.arguments import EvaluationArguments
-    from hf_ssl.evaluation.report import format_table
-    from hf_ssl.evaluation.tasks.sts import evaluate_sts
-
-    (args,) = parse(make_parser(EvaluationArguments, prog="hf-ssl evaluate-sts"), argv)
-    results = evaluate_sts(args)
-    print(f"{results['model']} on {results['dataset']}, split {results['split']!r}: {results['num_test']} pairs")
-    print(format_table({key: value for key, value in results.items() if key != "model"}))
-    return results
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # The objective
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -418,7 +388,6 @@ SIMCSE = SimCSEObjective(
     exporter=Exporter(export, (*TRANSFORMERS_FILES, *SENTENCE_TRANSFORMERS_FILES, "README.md")),
     default_dataset=(DEFAULT_TEXT_DATASET, load_default_text),
     min_batch_size=2,
-    commands={"evaluate-sts": evaluate_sts_command},
     summary="contrastive sentence embeddings (SimCSE: dropout views or labelled pairs), exported for "
     "sentence-transformers",
 )
