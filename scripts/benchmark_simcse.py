@@ -61,7 +61,7 @@ def starting_encoder(args: argparse.Namespace, folder: Path) -> Path:
     """A plain BERT folder (weights + tokenizer) both sides start from."""
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
-    from hf_ssl.models.simcse.configuration_simcse import inner_encoder_config
+    from hf_ssl.backbones.transformers import inner_encoder_config
 
     if args.model_name_or_path:
         model = AutoModel.from_pretrained(args.model_name_or_path)

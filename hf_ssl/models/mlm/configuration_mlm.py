@@ -7,6 +7,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from hf_ssl.backbones.transformers import resolve_encoder_config
 from hf_ssl.errors import UsageError, check_choice, check_range
 
 # The default encoder: a small BERT (Devlin et al., 2019 layout at a quarter of BERT-base's width, a third of its
@@ -19,29 +20,6 @@ DEFAULT_ENCODER: dict[str, Any] = {
     "vocab_size": 30522,
     "max_position_embeddings": 512,
 }
-
-
-def encoder_config_from(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
-    """The encoder sub-config from what a user may pass: a model name or path is resolved to its config.
-
-    An ``hf_ssl_mlm`` checkpoint given by path contributes its own encoder config. Dicts and configs pass through
-    (transformers' sub-config machinery builds the dict into the config class its ``model_type`` names).
-
-    Raises:
-        UsageError: the name or path has no readable config.
-    """
-    if not isinstance(encoder, str):
-        return encoder
-    try:
-        config = AutoConfig.from_pretrained(encoder)
-    except (OSError, ValueError) as error:
-        raise UsageError(
-            f"encoder must be a config dict with a model_type, or a model name/path with a config.json; "
-            f"could not read the config of {encoder!r}: {error}"
-        ) from error
-    if isinstance(config, MLMConfig):
-        return config.encoder
-    return config
 
 
 class MLMConfig(PretrainedConfig):
@@ -90,7 +68,7 @@ class MLMConfig(PretrainedConfig):
                 f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
                 f"got {type(encoder).__name__}"
             )
-        self.encoder = encoder_config_from(encoder)
+        self.encoder = resolve_encoder_config(encoder)
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob

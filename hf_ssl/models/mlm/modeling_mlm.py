@@ -29,9 +29,10 @@ from transformers import (
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING, MODEL_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 from transformers.utils import ModelOutput
 
+from hf_ssl.backbones.transformers import create_encoder
 from hf_ssl.errors import UsageError
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 
@@ -103,21 +104,6 @@ def _head_layer_norm_eps(encoder_config: PretrainedConfig) -> float:
 
 def _accepts(module: nn.Module, argument: str) -> bool:
     return argument in inspect.signature(module.forward).parameters
-
-
-def create_encoder(encoder_config: PretrainedConfig) -> PreTrainedModel:
-    """The bare encoder ``AutoModel`` builds for ``encoder_config``, without its pooling layer where it has one.
-
-    Raises:
-        UsageError: ``AutoModel`` knows no model for this config.
-    """
-    model_class = MODEL_MAPPING.get(type(encoder_config), None)
-    if model_class is None:
-        raise UsageError(f"encoder: AutoModel has no model for model_type {encoder_config.model_type!r}")
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        kwargs["add_pooling_layer"] = False  # MLM never trains it; an untrained pooler would only mislead
-    return AutoModel.from_config(encoder_config, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------------

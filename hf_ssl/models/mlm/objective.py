@@ -15,6 +15,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForPreTraining, PretrainedConfig
 
 from hf_ssl._version import __version__
+from hf_ssl.backbones.transformers import check_sequence_length, fit_encoder_to_tokenizer
 from hf_ssl.data.text import (
     DEFAULT_TEXT_DATASET,
     TextDataArguments,
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 PAPER = ("arXiv:1810.04805", "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding")
 # families whose position ids start after the padding index (RobertaEmbeddings.create_position_ids_from_input_ids)
-_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
 EVAL_MASKING_SEED = 0
 EVAL_BATCH_SIZE = 128
 
@@ -99,47 +99,6 @@ def prepare_data(ds: Dataset | IterableDataset, config: MLMConfig, args: MLMData
         num_skipped=skipped,
         processing_class=tokenizer,
     )
-
-
-def fit_encoder_to_tokenizer(config: MLMConfig, tokenizer: Any, from_checkpoint: bool) -> None:
-    """Make ``config.encoder`` agree with the tokenizer before the model is built.
-
-    A new encoder gets the tokenizer's vocabulary size and padding id. A checkpoint's embeddings are fixed: the
-    tokenizer must not have more tokens than they have rows.
-
-    Raises:
-        UsageError: a tokenizer larger than the checkpoint's vocabulary.
-    """
-    encoder = config.encoder
-    size = len(tokenizer)
-    if from_checkpoint:
-        if size > encoder.vocab_size:
-            raise UsageError(
-                f"the tokenizer has {size} tokens but the checkpoint's embeddings only {encoder.vocab_size}: use the "
-                "checkpoint's own tokenizer (leave out --tokenizer_name)"
-            )
-        return
-    if encoder.vocab_size != size:
-        logger.info("encoder vocab_size %d -> %d, the tokenizer's", encoder.vocab_size, size)
-        encoder.vocab_size = size
-    if tokenizer.pad_token_id is not None:
-        encoder.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
-
-
-def check_sequence_length(config: MLMConfig, max_seq_length: int) -> None:
-    """Raise :class:`UsageError` when the encoder has fewer positions than ``max_seq_length`` needs."""
-    encoder = config.encoder
-    positions = getattr(encoder, "max_position_embeddings", None)
-    if positions is None:
-        return
-    needed = max_seq_length
-    if encoder.model_type in _POSITIONS_AFTER_PADDING:
-        needed += (encoder.pad_token_id or 0) + 1
-    if needed > positions:
-        raise UsageError(
-            f"--max_seq_length {max_seq_length} needs {needed} position embeddings but the encoder has {positions}; "
-            "lower --max_seq_length or raise the encoder's max_position_embeddings"
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------------

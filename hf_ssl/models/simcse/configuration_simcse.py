@@ -7,6 +7,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from hf_ssl.backbones.transformers import resolve_encoder_config
 from hf_ssl.errors import UsageError, check_choice, check_range
 
 POOLER_TYPES = ("cls", "cls_before_pooler", "mean")
@@ -21,40 +22,6 @@ DEFAULT_ENCODER: dict[str, Any] = {
     "vocab_size": 30522,
     "max_position_embeddings": 512,
 }
-
-
-def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
-    """The encoder sub-config from what a user may pass: a model name or path is resolved to its config.
-
-    An hf_ssl checkpoint whose config is composite (``hf_ssl_mlm``, ``hf_ssl_simcse``: an ``encoder`` sub-config)
-    contributes that encoder config. Dicts and configs pass through.
-
-    Raises:
-        UsageError: the name or path has no readable config.
-    """
-    if encoder is not None and not isinstance(encoder, str | dict | PretrainedConfig):
-        raise UsageError(
-            f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
-            f"got {type(encoder).__name__}"
-        )
-    if isinstance(encoder, PretrainedConfig):
-        return inner_encoder_config(encoder)
-    if not isinstance(encoder, str):
-        return encoder
-    try:
-        config = AutoConfig.from_pretrained(encoder)
-    except (OSError, ValueError) as error:
-        raise UsageError(
-            f"encoder must be a config dict with a model_type, or a model name/path with a config.json; "
-            f"could not read the config of {encoder!r}: {error}"
-        ) from error
-    return inner_encoder_config(config)
-
-
-def inner_encoder_config(config: PretrainedConfig) -> PretrainedConfig:
-    """``config.encoder`` for a composite hf_ssl config (MLM, SimCSE), else ``config`` itself."""
-    inner = getattr(config, "encoder", None)
-    return inner if isinstance(inner, PretrainedConfig) else config
 
 
 class SimCSEConfig(PretrainedConfig):

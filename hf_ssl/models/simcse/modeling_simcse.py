@@ -20,10 +20,10 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from hf_ssl.backbones.transformers import create_encoder, inner_encoder_config
 from hf_ssl.errors import UsageError
 from hf_ssl.losses import alignment, info_nce_loss, uniformity
-from hf_ssl.models.mlm.modeling_mlm import create_encoder
-from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig, inner_encoder_config
+from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
 
 
 def pool_sentences(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooler_type: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, PretrainedConfig, PreTrainedModel
 
 from hf_ssl._version import __version__
+from hf_ssl.backbones.transformers import check_sequence_length, fit_encoder_to_tokenizer, inner_encoder_config
 from hf_ssl.data.text import (
     DEFAULT_TEXT_DATASET,
     TOKENIZE_BATCH_SIZE,
@@ -43,9 +44,8 @@ from hf_ssl.export.sentence_transformers import (
     save_sentence_transformer,
 )
 from hf_ssl.export.transformers import load_tokenizer_if_any
-from hf_ssl.models.mlm.objective import check_sequence_length, fit_encoder_to_tokenizer
 from hf_ssl.models.simcse.collator import SimCSECollator
-from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig, inner_encoder_config
+from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
 from hf_ssl.models.simcse.modeling_simcse import SimCSEForPreTraining
 from hf_ssl.objectives import Objective, PreparedData
 

@@ -1,0 +1,108 @@
+"""transformers text encoders as backbones: the encoder sub-config of a composite hf_ssl config (MLM, SimCSE), the
+bare encoder ``AutoModel`` builds from it, and its fit to a tokenizer and a sequence length."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from hf_ssl.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+# families whose position ids start after the padding index, so a sequence needs pad_token_id + 1 more positions
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
+
+
+def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
+    """The encoder sub-config from what a user may pass: a model name or path is resolved to its config.
+
+    An hf_ssl checkpoint whose config is composite (``hf_ssl_mlm``, ``hf_ssl_simcse``: an ``encoder`` sub-config)
+    contributes that encoder config. Dicts and configs pass through.
+
+    Raises:
+        UsageError: the name or path has no readable config.
+    """
+    if encoder is not None and not isinstance(encoder, str | dict | PretrainedConfig):
+        raise UsageError(
+            f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
+            f"got {type(encoder).__name__}"
+        )
+    if isinstance(encoder, PretrainedConfig):
+        return inner_encoder_config(encoder)
+    if not isinstance(encoder, str):
+        return encoder
+    try:
+        config = AutoConfig.from_pretrained(encoder)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"encoder must be a config dict with a model_type, or a model name/path with a config.json; "
+            f"could not read the config of {encoder!r}: {error}"
+        ) from error
+    return inner_encoder_config(config)
+
+
+def inner_encoder_config(config: PretrainedConfig) -> PretrainedConfig:
+    """``config.encoder`` for a composite hf_ssl config (MLM, SimCSE), else ``config`` itself."""
+    inner = getattr(config, "encoder", None)
+    return inner if isinstance(inner, PretrainedConfig) else config
+
+
+def create_encoder(encoder_config: PretrainedConfig) -> PreTrainedModel:
+    """The bare encoder ``AutoModel`` builds for ``encoder_config``, without its pooling layer where it has one.
+
+    Raises:
+        UsageError: ``AutoModel`` knows no model for this config.
+    """
+    model_class = MODEL_MAPPING.get(type(encoder_config), None)
+    if model_class is None:
+        raise UsageError(f"encoder: AutoModel has no model for model_type {encoder_config.model_type!r}")
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False  # MLM never trains it; an untrained pooler would only mislead
+    return AutoModel.from_config(encoder_config, **kwargs)
+
+
+def fit_encoder_to_tokenizer(config: PretrainedConfig, tokenizer: Any, from_checkpoint: bool) -> None:
+    """Make ``config.encoder`` agree with the tokenizer before the model is built.
+
+    A new encoder gets the tokenizer's vocabulary size and padding id. A checkpoint's embeddings are fixed: the
+    tokenizer must not have more tokens than they have rows.
+
+    Raises:
+        UsageError: a tokenizer larger than the checkpoint's vocabulary.
+    """
+    encoder = config.encoder
+    size = len(tokenizer)
+    if from_checkpoint:
+        if size > encoder.vocab_size:
+            raise UsageError(
+                f"the tokenizer has {size} tokens but the checkpoint's embeddings only {encoder.vocab_size}: use the "
+                "checkpoint's own tokenizer (leave out --tokenizer_name)"
+            )
+        return
+    if encoder.vocab_size != size:
+        logger.info("encoder vocab_size %d -> %d, the tokenizer's", encoder.vocab_size, size)
+        encoder.vocab_size = size
+    if tokenizer.pad_token_id is not None:
+        encoder.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
+
+
+def check_sequence_length(config: PretrainedConfig, max_seq_length: int) -> None:
+    """Raise :class:`UsageError` when the encoder has fewer positions than ``max_seq_length`` needs."""
+    encoder = config.encoder
+    positions = getattr(encoder, "max_position_embeddings", None)
+    if positions is None:
+        return
+    needed = max_seq_length
+    if encoder.model_type in _POSITIONS_AFTER_PADDING:
+        needed += (encoder.pad_token_id or 0) + 1
+    if needed > positions:
+        raise UsageError(
+            f"--max_seq_length {max_seq_length} needs {needed} position embeddings but the encoder has {positions}; "
+            "lower --max_seq_length or raise the encoder's max_position_embeddings"
+        )
