@@ -6,7 +6,7 @@ install:
 
 demo:
 	OMP_NUM_THREADS=1 .venv/bin/hf-ssl pretrain simclr --config scripts/configs/simclr_digit_scenes.yaml
-	.venv/bin/hf-ssl evaluate --model_name_or_path runs/simclr-digit-scenes --dataset_name digit-scenes \
+	.venv/bin/hf-ssl evaluate --model_name_or_path runs/simclr-digit-scenes --dataset_name digit-scenes --probe_max_iter 1000 \
 		--output_file runs/simclr-digit-scenes/eval_results.json
 
 test:
