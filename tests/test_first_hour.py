@@ -58,6 +58,13 @@ def test_bad_input_stops_before_training_with_one_line(flags, message, tmp_path,
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_file_that_is_not_what_its_name_says(tmp_path, capsys):
+    fake = tmp_path / "images.parquet"
+    fake.write_text("not parquet at all\n")
+    line = _error(_pretrain(tmp_path, "--dataset_name", str(fake), "--max_steps", "2"), capsys)
+    assert f"--dataset_name {fake}: cannot read it: Parquet magic bytes not found" in line
+
+
 def test_config_file_keys_must_be_flags_written_out(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("loss_temp: 0.1\nmax_steps: 2\n")

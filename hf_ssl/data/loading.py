@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import datasets
+import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 
 from hf_ssl.errors import UsageError
 
@@ -206,6 +208,9 @@ def load_data(
             ds = load_dataset(dataset_name, config_name, split=split, streaming=streaming, cache_dir=cache_dir)
     except UsageError:
         raise
+    except (DatasetGenerationError, pa.ArrowException) as err:  # a local file that is not what its name says
+        cause = err.__cause__ or err
+        raise UsageError(f"--dataset_name {dataset_name}: cannot read it: {str(cause).splitlines()[0]}") from err
     except FileNotFoundError as err:
         raise UsageError(f"--dataset_name {dataset_name}: not a local file or folder, and {err}") from err
     except ConnectionError as err:
