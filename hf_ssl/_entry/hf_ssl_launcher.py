@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 USAGE = """usage: hf-ssl <command> ...
 
-  hf-ssl pretrain <objective> [--config FILE] [flags]   pretrain a backbone (hf-ssl pretrain --help: objectives)
+  hf-ssl pretrain <objective> [--config FILE] [flags]   (hf-ssl pretrain --help: the objectives and their commands)
   hf-ssl evaluate --model_name_or_path DIR [--dataset_name D] [--split test] [--output_file F.json]
   hf-ssl export MODEL_DIR OUTPUT_DIR [--push_to_hub --hub_model_id user/name]
   hf-ssl --version
