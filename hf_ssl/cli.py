@@ -243,15 +243,14 @@ def parse_pretrain_args(objective: Objective, argv: list[str]) -> PretrainArgume
     return PretrainArguments(data_args, objective_data, model_args, training_args, config_overrides(config_args))
 
 
-def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None, min_batch_size: int = 1) -> int:
+def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None) -> int:
     """The number of optimisation steps the run will take, checked before training starts.
 
     Raises:
-        UsageError: a batch too small for the objective, fewer examples than one batch of all processes, no step
-            at all, or a streamed dataset without ``--max_steps``.
+        UsageError: fewer examples than one batch of all processes, no step at all, or a streamed dataset without
+            ``--max_steps``.
     """
     per_device = args.per_device_train_batch_size
-    _check_batch_size(args, min_batch_size)
     if num_examples is None:
         if args.max_steps <= 0:
             raise UsageError("--streaming needs --max_steps: a streamed dataset has no known length")
@@ -319,7 +318,7 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
     )
     prepared = objective.prepare_data(dataset, config, args.objective_data)
     num_examples = None if data.streaming else len(prepared.dataset)
-    steps = optimisation_steps(args.training, num_examples, objective.min_batch_size)
+    steps = optimisation_steps(args.training, num_examples)
     logger.info("%s on %s examples: %d optimisation steps", objective.name, num_examples or "streamed", steps)
     run_info = RunInfo(
         objective=objective.name,
