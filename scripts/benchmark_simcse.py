@@ -7,7 +7,9 @@ MNRL's ``scale`` 20), pooling (mean of the token states: sentence-transformers' 
 ``pooler_type=mean``), fp32, dropout on, each through its own trainer:
 
 - hf_ssl: ``hf-ssl pretrain simcse`` (``SSLTrainer``): sentences tokenised once with ``datasets.map``, each batch of
-  ``B`` sentences encoded twice in **one** forward pass of ``2B`` sequences (the two dropout masks are the views).
+  ``B`` sentences encoded twice (the two dropout masks are the views) as ``2B`` sequences, in ``length_buckets`` (4)
+  groups of similar length each padded only to its own longest (``--length_buckets 1``: one pass of the whole
+  batch, padded to its longest sentence). The batches, and so the negatives, are the same as the reference's.
 - sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` over (sentence,
   sentence) pairs, the recipe of its SimCSE example: tokenised in the collator, anchors and positives encoded in two
   forward passes of ``B`` sequences.
@@ -58,10 +60,11 @@ def sentences(limit: int, seed: int) -> list[str]:
 
 
 def starting_encoder(args: argparse.Namespace, folder: Path) -> Path:
-    """A plain BERT folder (weights + tokenizer) both sides start from."""
+    """A plain encoder folder (weights + tokenizer, dropout rates set to ``--dropout``) both sides start from."""
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
     from hf_ssl.backbones.transformers import inner_encoder_config
+    from hf_ssl.models.simcse.objective import dropout_rates
 
     if args.model_name_or_path:
         model = AutoModel.from_pretrained(args.model_name_or_path)
@@ -72,6 +75,8 @@ def starting_encoder(args: argparse.Namespace, folder: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(SHARED_DATA / "tokenizers" / "bert-base-uncased")
         torch.manual_seed(args.seed)
         model = BertModel(BertConfig(vocab_size=len(tokenizer), **ENCODER), add_pooling_layer=False)
+    for name in dropout_rates(model.config):  # dropout is unsupervised SimCSE's noise, on both sides
+        setattr(model.config, name, args.dropout)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -113,9 +118,8 @@ def run_hf_ssl(args, start: Path, texts: list[str], dev: Dataset, work: Path, gr
     from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
 
     started = time.perf_counter()
-    config = SIMCSE.make_config(
-        {"pooler_type": "mean", "loss_temperature": args.temperature, "gather_distributed": False}, str(start)
-    )
+    overrides = {"pooler_type": "mean", "loss_temperature": args.temperature, "gather_distributed": False}
+    config = SIMCSE.make_config({**overrides, "length_buckets": args.length_buckets}, str(start))
     data = SimCSEDataArguments(max_seq_length=args.max_seq_length)
     prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data)
     preprocessing = time.perf_counter() - started
@@ -179,6 +183,15 @@ def main() -> None:
     parser.add_argument("--max_seq_length", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--dropout", type=float, default=0.1, help="The encoder's dropout rates (the noise; 0.1 as in the paper)."
+    )
+    parser.add_argument(
+        "--length_buckets",
+        type=int,
+        default=4,
+        help="hf_ssl's length_buckets: encode each batch in this many groups of similar length (1: one padded pass)",
+    )
     parser.add_argument(
         "--group_by_length",
         action="store_true",

@@ -59,6 +59,7 @@ TINY = {
         "pad_token_id": 0,
     },
 }
+TINY["roberta-prelayernorm"] = {**TINY["roberta"], "model_type": "roberta-prelayernorm"}  # pre-LN (Xiong et al.)
 FAMILIES = list(TINY)
 
 
@@ -333,13 +334,18 @@ def test_loss_goes_down_on_real_text(family):
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 
-@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["roberta", "roberta-prelayernorm", "distilbert"])
 def test_other_families_map_onto_their_masked_lm_model(family):
     batch = masked_batch()
     batch.pop("token_type_ids", None)
     ours = perturb(tiny_model(family)).eval()
     mapped = ours.to_masked_lm().eval()
-    assert type(mapped).__name__ == {"roberta": "RobertaForMaskedLM", "distilbert": "DistilBertForMaskedLM"}[family]
+    expected = {
+        "roberta": "RobertaForMaskedLM",
+        "roberta-prelayernorm": "RobertaPreLayerNormForMaskedLM",
+        "distilbert": "DistilBertForMaskedLM",
+    }
+    assert type(mapped).__name__ == expected[family]
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch).loss, mapped(**batch).loss, atol=1e-5, rtol=0)
         back = tiny_model(family).eval()

@@ -135,6 +135,8 @@ def test_config_defaults_round_trip_and_other_families(tmp_path):
         ({"loss_temperature": 0.0}, "loss_temperature must be > 0"),
         ({"hard_negative_weight": -1.0}, "hard_negative_weight must be >= 0"),
         ({"gather_distributed": "yes"}, "gather_distributed must be one of"),
+        ({"length_buckets": 0}, "length_buckets must be >= 1"),
+        ({"length_buckets": 2.5}, "length_buckets must be an integer"),
         ({"encoder": 3}, "encoder must be a config dict"),
         ({"encoder": {"model_type": "bert", "is_decoder": True}}, "encoder.is_decoder must be False"),
     ],
@@ -221,7 +223,7 @@ def test_alignment_and_uniformity_closed_forms():
 
 def test_unsupervised_encodes_the_doubled_batch_in_one_forward_and_dropout_is_the_only_noise():
     torch.manual_seed(0)
-    model = SimCSEForPreTraining(tiny_config())
+    model = SimCSEForPreTraining(tiny_config(length_buckets=1))
     calls = []
     model.simcse.encoder.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
     batch = sentence_batch()
@@ -235,6 +237,40 @@ def test_unsupervised_encodes_the_doubled_batch_in_one_forward_and_dropout_is_th
     for name in ("alignment", "uniformity"):
         value = getattr(out, name)
         assert value.ndim == 0 and not value.requires_grad
+
+
+@pytest.mark.parametrize("pooler_type", ["cls", "mean"])
+def test_length_buckets_skip_padding_and_give_the_one_pass_loss_and_gradients(pooler_type):
+    sentences = [*SENTENCES, "Short.", "A much longer sentence than the others, with many more words in it than any."]
+    batch = sentence_batch(sentences)
+    torch.manual_seed(0)
+    one_pass = SimCSEForPreTraining(tiny_config(pooler_type=pooler_type, length_buckets=1)).eval()
+    bucketed = SimCSEForPreTraining(tiny_config(pooler_type=pooler_type, length_buckets=3)).eval()
+    bucketed.load_state_dict(one_pass.state_dict())
+    widths = []
+    bucketed.simcse.encoder.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    outputs = {}
+    for name, model in (("one_pass", one_pass), ("bucketed", bucketed)):
+        out = model(**batch)
+        out.loss.backward()
+        outputs[name] = (out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    (out_a, grads_a), (out_b, grads_b) = outputs.values()
+    torch.testing.assert_close(out_b.embeddings, out_a.embeddings, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_b.loss, out_a.loss, atol=1e-5, rtol=1e-5)
+    assert grads_b.keys() == grads_a.keys()
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], atol=1e-5, rtol=1e-4)
+    # 2 x 8 sequences in 3 groups (6, 5, 5 rows), longest first; each trimmed to its own longest sequence
+    lengths = sorted(batch["attention_mask"].sum(1).tolist() * 2, reverse=True)
+    assert widths == [(6, lengths[0]), (5, lengths[6]), (5, lengths[11])]
+    assert lengths[11] < lengths[0] == batch["input_ids"].shape[1]
+    # left padding: one pass, as before
+    widths.clear()
+    flipped = {k: v.flip(1) for k, v in batch.items()}
+    bucketed(**flipped)
+    assert widths == [(2 * len(sentences), batch["input_ids"].shape[1])]
 
 
 @pytest.mark.parametrize("pooler_type", ["cls", "cls_before_pooler", "mean"])
@@ -309,6 +345,26 @@ def test_starts_from_an_mlm_checkpoint_and_from_a_plain_encoder_folder(tmp_path)
     )
     with pytest.raises(UsageError, match="cannot read its config"):
         SIMCSE.make_config({}, str(tmp_path / "missing"))
+
+
+def test_unsupervised_refuses_an_encoder_without_dropout_and_says_how_to_add_it(tmp_path):
+    # an MLM pretrained without dropout: as a SimCSE start, its two views of a sentence would be the same vector
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0}
+    mlm = MLMForPreTraining(MLMConfig(encoder={**TINY_ENCODER, **no_dropout}))
+    mlm.save_pretrained(tmp_path / "mlm")
+    tokenizer().save_pretrained(tmp_path / "mlm")
+    rows = load_default_text("train").select(range(32))
+    args = SimCSEDataArguments(max_seq_length=32)
+    config = SIMCSE.make_config({}, str(tmp_path / "mlm"))
+    with pytest.raises(UsageError, match="only noise.*hidden_dropout_prob=0.0.*--encoder") as refused:
+        SIMCSE.prepare_data(rows, config, args)
+    fix = json.loads(str(refused.value).split("--encoder '")[1].split("'")[0])
+    assert fix == {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    config = SIMCSE.make_config({"encoder": fix}, str(tmp_path / "mlm"))  # what the message says to pass
+    prepared = SIMCSE.prepare_data(rows, config, args)
+    model = SIMCSE.make_model(config, str(tmp_path / "mlm")).train()
+    out = model(**prepared.collator([prepared.dataset[i] for i in range(8)]))
+    assert out.alignment > 1e-6  # the two dropout views differ
 
 
 def test_supervised_pairs_from_scored_data_keep_the_positives():

@@ -77,6 +77,7 @@ MLM_HEAD_LAYOUTS: dict[str, MLMHeadLayout] = {
     "roberta": _ROBERTA_LAYOUT,  # RobertaLMHead: gelu is hard-coded
     "xlm-roberta": _ROBERTA_LAYOUT,
     "camembert": _ROBERTA_LAYOUT,
+    "roberta-prelayernorm": _ROBERTA_LAYOUT,  # pre-LN RoBERTa (Xiong et al., 2020): same head
     "distilbert": MLMHeadLayout(
         "vocab_transform", "vocab_layer_norm", "vocab_projector.bias", lambda c: c.activation, lambda c: 1e-12
     ),

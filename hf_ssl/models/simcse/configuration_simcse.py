@@ -51,6 +51,9 @@ class SimCSEConfig(PretrainedConfig):
         hard_negative_weight: alpha >= 0, the weight of an anchor's own hard negative in the loss' denominator
             (Gao et al., 2021, eq. 5; 1 in the paper); only used with a hard-negative column.
         gather_distributed: use the other processes' sentences as negatives when training on several processes.
+        length_buckets: encode the sequences of a training batch in this many groups of similar length, each padded
+            only to its own longest (:meth:`SimCSEForPreTraining.embed_sentences`): the same batch and loss with
+            less padding to compute; 1 encodes the batch in one pass.
         starting_encoder: provenance: the checkpoint or Hub id the encoder weights started from (set by
             ``--model_name_or_path``; ``None``: random initialisation). Evaluation compares with it.
     """
@@ -69,6 +72,7 @@ class SimCSEConfig(PretrainedConfig):
         loss_temperature: float = 0.05,
         hard_negative_weight: float = 1.0,
         gather_distributed: bool = True,
+        length_buckets: int = 4,
         starting_encoder: str | None = None,
         **kwargs: Any,
     ):
@@ -77,6 +81,7 @@ class SimCSEConfig(PretrainedConfig):
         self.loss_temperature = loss_temperature
         self.hard_negative_weight = hard_negative_weight
         self.gather_distributed = gather_distributed
+        self.length_buckets = length_buckets
         self.starting_encoder = starting_encoder
         super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
         self._validate()
@@ -86,6 +91,9 @@ class SimCSEConfig(PretrainedConfig):
         check_range("loss_temperature", self.loss_temperature, 0.0, low_inclusive=False)
         check_range("hard_negative_weight", self.hard_negative_weight, 0.0)
         check_choice("gather_distributed", self.gather_distributed, (True, False))
+        if isinstance(self.length_buckets, bool) or not isinstance(self.length_buckets, int):
+            raise UsageError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
+        check_range("length_buckets", self.length_buckets, 1)
         if self.starting_encoder is not None and not isinstance(self.starting_encoder, str):
             raise UsageError(f"starting_encoder must be a model name or path, got {self.starting_encoder!r}")
         for field in ("vocab_size", "hidden_size"):

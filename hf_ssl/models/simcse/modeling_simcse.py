@@ -193,7 +193,7 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
             )
         if batch < 2:
             raise ValueError(f"SimCSE needs at least 2 examples per batch (the others are the negatives), got {batch}")
-        embeddings = self.simcse(**flat).pooler_output  # (S * B, H)
+        embeddings = self.embed_sentences(flat)  # (S * B, H)
         projected = self.mlp(embeddings) if self.mlp is not None else embeddings
         z = projected.unflatten(0, (views, batch))  # (S, B, H)
         loss = info_nce_loss(
@@ -211,6 +211,31 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
             uniformity=uniformity(sentences[0]),
             embeddings=embeddings.unflatten(0, (views, batch)).transpose(0, 1),  # (B, S, H)
         )
+
+    def embed_sentences(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sentence embeddings ``(N, H)`` of ``N`` right-padded sequences, encoded in ``config.length_buckets``
+        groups of similar length, each trimmed to its own longest sequence.
+
+        A sequence's embedding does not depend on the padding after it, so this gives what one forward pass of the
+        whole batch gives (to float rounding; in training, other dropout draws of the same distribution) while the
+        encoder skips most of the padding: the batch and its negatives are unchanged, unlike length-grouped
+        sampling. Left-padded inputs, or ``length_buckets=1``, go through in one pass.
+        """
+        mask = inputs.get("attention_mask")
+        buckets = min(self.config.length_buckets, len(inputs["input_ids"]))
+        if mask is None or buckets <= 1:
+            return self.simcse(**inputs).pooler_output
+        lengths = mask.sum(dim=1)  # (N,)
+        if not bool((mask.cumprod(dim=1).sum(dim=1) == lengths).all()):  # padding is not all at the end
+            return self.simcse(**inputs).pooler_output
+        order = torch.argsort(lengths, descending=True)  # (N,) longest first
+        groups = order.tensor_split(buckets)
+        widths = lengths[torch.stack([group[0] for group in groups])].clamp(min=1).tolist()  # one host sync
+        pieces = [
+            self.simcse(**{name: value[group, :width] for name, value in inputs.items()}).pooler_output
+            for group, width in zip(groups, widths, strict=True)
+        ]
+        return torch.cat(pieces)[torch.argsort(order)]  # (N, H) back in input order
 
     def load_encoder(self, name_or_path: str) -> None:
         """Start the encoder from a checkpoint's weights: any encoder family's checkpoint or Hub id (its pooler,

@@ -5,6 +5,7 @@ through the Trainer's evaluation hooks; ``hf-ssl evaluate`` on (sentence1, sente
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -205,12 +206,44 @@ def sts_compute_metrics(eval_prediction: Any) -> dict[str, float]:
     return {STS_METRIC: measured["spearman"], "sts_pearson": measured["pearson"], "sts_num_pairs": float(len(scores))}
 
 
+def dropout_rates(encoder_config: PretrainedConfig) -> dict[str, float]:
+    """The encoder's dropout probabilities by config field (``hidden_dropout_prob``, ``attention_dropout``, ...; a
+    classifier's dropout, unused by the encoder, left out)."""
+    return {
+        name: value
+        for name, value in encoder_config.to_dict().items()
+        if "dropout" in name
+        and "classif" not in name
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    }
+
+
+def check_dropout_noise(config: SimCSEConfig) -> None:
+    """Unsupervised SimCSE's only noise is the encoder's dropout: refuse an encoder whose dropout rates are all 0
+    (e.g. one pretrained without dropout), whose two views of a sentence would be identical and the loss trivially 0.
+
+    Raises:
+        UsageError: naming the rates and the flag that sets them.
+    """
+    rates = dropout_rates(config.encoder)
+    if rates and not any(rates.values()):
+        fix = json.dumps(dict.fromkeys(rates, 0.1))
+        raise UsageError(
+            f"unsupervised SimCSE uses the encoder's dropout as its only noise, but its dropout rates are all 0 "
+            f"({', '.join(f'{name}={value}' for name, value in rates.items())}): set them with --encoder '{fix}' "
+            "(0.1 in the paper)"
+        )
+
+
 def prepare_data(ds: Dataset | IterableDataset, config: SimCSEConfig, args: SimCSEDataArguments) -> PreparedData:
     """Sentences (unsupervised) or sentence groups (supervised) checked, cleaned and tokenised once with
     ``datasets.map``; a tokenizer found or trained as for every text objective (the checkpoint's one when starting
     from ``--model_name_or_path``), its ``model_max_length`` set to ``--max_seq_length`` (what the export's
     sentence-transformers model truncates to); STS evaluation pairs when ``--sts_eval_dataset`` is given."""
     checkpoint = config.name_or_path or None
+    if not args.supervised:
+        check_dropout_noise(config)
     if args.supervised:
         ds, columns, skipped = prepare_pairs(ds, args)
         tokenizer, source = resolve_tokenizer(args, ds, columns[0], checkpoint)
