@@ -12,7 +12,7 @@ accuracies are.
     # CIFAR-10 with the README's config, a smaller budget each
     OMP_NUM_THREADS=1 python scripts/mae_mask_ratio.py --config scripts/configs/mae_cifar10.yaml \\
         --dataset_name ../shared/data/vision/cifar10 --max_steps 300 --eval_train_split "train[:10000]" \\
-        --output_dir runs/mae-mask-ratio-cifar10
+        --output_dir runs/mae-mask-ratio-cifar10 -- --warmup_steps 30
 
 Any further ``hf-ssl pretrain mae`` flag can follow ``--`` (e.g. ``-- --learning_rate 2e-3``).
 """
