@@ -231,8 +231,8 @@ def check_dropout_noise(config: SimCSEConfig) -> None:
         fix = json.dumps(dict.fromkeys(rates, 0.1))
         raise UsageError(
             f"unsupervised SimCSE uses the encoder's dropout as its only noise, but its dropout rates are all 0 "
-            f"({', '.join(f'{name}={value}' for name, value in rates.items())}): set them with --encoder '{fix}' "
-            "(0.1 in the paper)"
+            f"({', '.join(f'{name}={value}' for name, value in rates.items())}): raise them in --encoder (0.1 in the "
+            f"paper; with --model_name_or_path, --encoder '{fix}' changes just these)"
         )
 
 
