@@ -1,5 +1,6 @@
 """transformers text encoders as backbones: the encoder sub-config of a composite hf_ssl config (MLM, SimCSE), the
-bare encoder ``AutoModel`` builds from it, and its fit to a tokenizer and a sequence length."""
+bare encoder ``AutoModel`` builds from it, its fit to a tokenizer and a sequence length, and the mean of its token
+states over the non-padding tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import logging
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -65,6 +67,20 @@ def create_encoder(encoder_config: PretrainedConfig) -> PreTrainedModel:
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False  # MLM never trains it; an untrained pooler would only mislead
     return AutoModel.from_config(encoder_config, **kwargs)
+
+
+def takes_token_type_ids(encoder: PreTrainedModel) -> bool:
+    """Whether the encoder's ``forward`` has segment ids (BERT, RoBERTa) or not (DistilBERT)."""
+    return "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Token states ``(B, L, H)`` -> ``(B, H)``: the mean over the tokens where ``attention_mask (B, L)`` is 1 (over
+    all tokens when it is ``None``)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def fit_encoder_to_tokenizer(config: PretrainedConfig, tokenizer: Any, from_checkpoint: bool) -> None:

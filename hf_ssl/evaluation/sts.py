@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from hf_ssl.backbones.transformers import masked_mean
 from hf_ssl.errors import UsageError
 from hf_ssl.losses import alignment, uniformity
 
@@ -243,9 +244,7 @@ def mean_pooled(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], t
     """An encoder function: the mean of ``model(**inputs).last_hidden_state`` over the non-padding tokens."""
 
     def encode(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = model(**inputs).last_hidden_state  # (B, L, H)
-        weights = inputs["attention_mask"].to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return masked_mean(model(**inputs).last_hidden_state, inputs["attention_mask"])
 
     return encode
 

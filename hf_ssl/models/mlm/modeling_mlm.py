@@ -11,7 +11,6 @@ vocabulary projection, as :class:`MLMForPreTraining` does).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.transformers import create_encoder
+from hf_ssl.backbones.transformers import create_encoder, masked_mean, takes_token_type_ids
 from hf_ssl.errors import UsageError
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 
@@ -101,10 +100,6 @@ def _head_layer_norm_eps(encoder_config: PretrainedConfig) -> float:
     if layout is not None:
         return layout.layer_norm_eps(encoder_config)
     return getattr(encoder_config, "layer_norm_eps", 1e-12)
-
-
-def _accepts(module: nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(module.forward).parameters
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,7 +190,7 @@ class MLMModel(MLMPreTrainedModel):
     def __init__(self, config: MLMConfig):
         super().__init__(config)
         self.encoder = create_encoder(config.encoder)
-        self._takes_token_type_ids = _accepts(self.encoder, "token_type_ids")
+        self._takes_token_type_ids = takes_token_type_ids(self.encoder)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -234,12 +229,7 @@ class MLMModel(MLMPreTrainedModel):
             ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the mean over the non-padding tokens.
         """
         hidden = self.forward_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, H)
-        if attention_mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, H)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=masked_mean(hidden, attention_mask))
 
 
 class MLMForPreTraining(MLMPreTrainedModel):

@@ -9,7 +9,6 @@ the encoder's dropout. Pooling ``cls`` trains through an MLP (dense + tanh) that
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.transformers import create_encoder, inner_encoder_config
+from hf_ssl.backbones.transformers import create_encoder, inner_encoder_config, masked_mean, takes_token_type_ids
 from hf_ssl.errors import UsageError
 from hf_ssl.losses import alignment, info_nce_loss, uniformity
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
@@ -31,10 +30,7 @@ def pool_sentences(hidden: torch.Tensor, attention_mask: torch.Tensor | None, po
     ``cls_before_pooler``) or the mean over the tokens where ``attention_mask`` is 1 (``mean``)."""
     if pooler_type in ("cls", "cls_before_pooler"):
         return hidden[:, 0]
-    if attention_mask is None:
-        return hidden.mean(dim=1)
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return masked_mean(hidden, attention_mask)
 
 
 class SimCSEMLP(nn.Module):
@@ -102,7 +98,7 @@ class SimCSEModel(SimCSEPreTrainedModel):
     def __init__(self, config: SimCSEConfig):
         super().__init__(config)
         self.encoder = create_encoder(config.encoder)
-        self._takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self._takes_token_type_ids = takes_token_type_ids(self.encoder)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
