@@ -108,15 +108,21 @@ def fit_encoder_to_tokenizer(config: PretrainedConfig, tokenizer: Any, from_chec
         encoder.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
 
 
+def position_offset(encoder_config: PretrainedConfig) -> int:
+    """Position embeddings a sequence uses beyond its length: ``pad_token_id + 1`` for the families whose position
+    ids start after the padding index (RoBERTa-style), else 0."""
+    if getattr(encoder_config, "model_type", "") in _POSITIONS_AFTER_PADDING:
+        return (getattr(encoder_config, "pad_token_id", None) or 0) + 1
+    return 0
+
+
 def check_sequence_length(config: PretrainedConfig, max_seq_length: int) -> None:
     """Raise :class:`UsageError` when the encoder has fewer positions than ``max_seq_length`` needs."""
     encoder = config.encoder
     positions = getattr(encoder, "max_position_embeddings", None)
     if positions is None:
         return
-    needed = max_seq_length
-    if encoder.model_type in _POSITIONS_AFTER_PADDING:
-        needed += (encoder.pad_token_id or 0) + 1
+    needed = max_seq_length + position_offset(encoder)
     if needed > positions:
         raise UsageError(
             f"--max_seq_length {max_seq_length} needs {needed} position embeddings but the encoder has {positions}; "

@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import PretrainedConfig
 
+from hf_ssl.backbones.transformers import position_offset
 from hf_ssl.data.text import (
     DEFAULT_TEXT_CLASSIFICATION_DATASET,
     load_default_text_classification,
@@ -45,9 +46,7 @@ def text_max_length(tokenizer: Any, config: PretrainedConfig) -> int:
     length = min(int(tokenizer.model_max_length or MAX_LENGTH_CAP), MAX_LENGTH_CAP)
     positions = max_positions(config)
     if positions is not None:
-        encoder = getattr(config, "encoder", None) or config
-        if getattr(encoder, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-            positions -= (getattr(encoder, "pad_token_id", None) or 0) + 1
+        positions -= position_offset(getattr(config, "encoder", None) or config)
         length = min(length, positions)
     return length
 
