@@ -17,7 +17,7 @@ from hf_ssl.errors import UsageError
 logger = logging.getLogger(__name__)
 
 # families whose position ids start after the padding index, so a sequence needs pad_token_id + 1 more positions
-_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm")
 
 
 def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:

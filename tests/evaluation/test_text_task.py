@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, RobertaConfig
+from transformers import BertConfig, RobertaConfig, RobertaPreLayerNormConfig
 
 from hf_ssl import MLMConfig, MLMForPreTraining, UsageError
 from hf_ssl.data import load_data
@@ -62,6 +62,8 @@ def test_max_length_is_capped_by_512_and_the_positions():
     assert text_max_length(Tok(), MLMConfig(encoder={**ENCODER, "max_position_embeddings": 100})) == 100
     roberta = RobertaConfig(max_position_embeddings=130, pad_token_id=1)
     assert text_max_length(Tok(), roberta) == 128  # positions start after the padding index
+    pre_ln = RobertaPreLayerNormConfig(max_position_embeddings=130, pad_token_id=1)
+    assert text_max_length(Tok(), pre_ln) == 128  # so do pre-LN RoBERTa's
 
 
 def test_tfidf_baseline_is_fitted_on_the_training_texts_only():
