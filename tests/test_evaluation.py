@@ -214,6 +214,33 @@ def test_load_backbone_returns_the_saved_weights_and_refuses_incomplete_ones(tin
         load_backbone(str(tmp_path / ".."))
 
 
+def test_plain_text_encoders_are_read_without_their_pooler_and_other_families_are_refused(tmp_path):
+    """A BERT saved without its pooler (our MLM export) evaluates by the mean of its tokens; a family that is no text
+    encoder and that no objective registered is refused by name, as is a missing encoder weight."""
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2Model
+
+    from hf_ssl.evaluation import load_features
+
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    BertForMaskedLM(BertConfig(vocab_size=50, **small)).save_pretrained(tmp_path / "bert")
+    model, spec = load_features(str(tmp_path / "bert"))
+    assert spec.modality == "text" and type(model).__name__ == "BertModel" and not model.training
+    inputs = {"input_ids": torch.tensor([[2, 5, 7, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 0]])}
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state[:, :3].mean(dim=1)
+        torch.testing.assert_close(spec.pool(model(**inputs), inputs), expected)
+
+    weights = load_file(tmp_path / "bert" / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if "layer.0.output.dense" not in k}
+    save_file(kept, tmp_path / "bert" / "model.safetensors", {"format": "pt"})
+    with pytest.raises(UsageError, match="2 backbone weights are missing"):
+        load_features(str(tmp_path / "bert"))
+
+    GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UsageError, match="cannot evaluate a 'gpt2' checkpoint"):
+        load_features(str(tmp_path / "gpt2"))
+
+
 def test_random_init_backbone_is_seeded_and_leaves_the_global_rng_alone(tiny_simclr_config):
     state = torch.get_rng_state()
     first, again = random_init_backbone(tiny_simclr_config, 0), random_init_backbone(tiny_simclr_config, 0)

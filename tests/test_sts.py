@@ -139,6 +139,7 @@ def test_a_sentence_transformers_folder_is_pooled_as_its_config_says(tmp_path, p
     from transformers import BertConfig, BertModel
 
     from hf_ssl.data.text import load_default_text, train_tokenizer
+    from hf_ssl.evaluation.features import model_encoder
     from hf_ssl.evaluation.tasks.sts import load_sentence_encoder
     from hf_ssl.export.sentence_transformers import read_pooling, save_sentence_transformer
 
@@ -148,7 +149,8 @@ def test_a_sentence_transformers_folder_is_pooled_as_its_config_says(tmp_path, p
     ).eval()
     save_sentence_transformer(encoder, tokenizer, tmp_path, pooling=pooling, max_seq_length=16)
     assert read_pooling(tmp_path) == pooling
-    _, encode, description = load_sentence_encoder(str(tmp_path))
+    model, spec = load_sentence_encoder(str(tmp_path))
+    encode, description = model_encoder(model, spec.pool), spec.description
     inputs = dict(tokenizer(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt"))
     with torch.no_grad():
         hidden = encoder(**inputs).last_hidden_state

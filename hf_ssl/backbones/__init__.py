@@ -9,24 +9,39 @@ from transformers import AutoModel, PreTrainedModel
 from hf_ssl.errors import UsageError
 
 
-def load_backbone(model_name_or_path: str | os.PathLike) -> PreTrainedModel:
-    """The backbone of a checkpoint (``AutoModel``: e.g. :class:`~hf_ssl.SimCLRModel` of a pretraining folder, or
-    the model of an export), in eval mode.
+def check_checkpoint_path(model_name_or_path: str | os.PathLike) -> str:
+    """``model_name_or_path`` as a string, once it is a checkpoint folder or could be a Hub id.
 
     Raises:
-        UsageError: no such folder, a folder that is not a checkpoint, or a checkpoint that lacks weights the
-            backbone needs or has them in the wrong shape (they would silently stay random).
+        UsageError: a folder without ``config.json``, or a path to no folder.
     """
     path = str(model_name_or_path)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"{path}: not a checkpoint folder (no config.json)")
     if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise UsageError(f"{path}: no such checkpoint folder")
+    return path
+
+
+def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple[str, ...] = ()) -> PreTrainedModel:
+    """The backbone of a checkpoint (``AutoModel``: e.g. :class:`~hf_ssl.SimCLRModel` of a pretraining folder, or
+    the model of an export), in eval mode.
+
+    Args:
+        model_name_or_path: a checkpoint folder or Hub id.
+        optional_weights: name prefixes of weights that may be missing because the caller never uses them (e.g.
+            ``"pooler."``: a BERT checkpoint saved without the pooler that mean-pooled features do not read).
+
+    Raises:
+        UsageError: no such folder, a folder that is not a checkpoint, or a checkpoint that lacks weights the
+            backbone needs or has them in the wrong shape (they would silently stay random).
+    """
+    path = check_checkpoint_path(model_name_or_path)
     try:
         model, info = AutoModel.from_pretrained(path, output_loading_info=True)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot load a checkpoint from it: {err}") from err
-    missing = sorted(info.get("missing_keys") or ())
+    missing = sorted(key for key in info.get("missing_keys") or () if not key.startswith(optional_weights))
     mismatched = sorted(str(item) for item in info.get("mismatched_keys") or ())
     if missing or mismatched:
         problems = missing + mismatched

@@ -10,6 +10,7 @@ from hf_ssl.evaluation.features import (
     extract_feature_sets,
     extract_features,
     feature_spec,
+    load_features,
     register_features,
 )
 from hf_ssl.evaluation.knn import knn_accuracy, knn_predict
@@ -38,6 +39,7 @@ __all__ = [
     "knn_accuracy",
     "knn_predict",
     "linear_probe_accuracy",
+    "load_features",
     "random_init_backbone",
     "raw_pixels",
     "register_features",

@@ -1,11 +1,14 @@
 """Frozen-feature extraction: ``model(**inputs)`` then a pooler, for several encoders in one decoding pass.
 
 Which pooler a checkpoint's backbone needs is registered per ``model_type`` (:func:`register_features`, called when an
-objective is registered); checkpoints with no registration (e.g. an exported timm backbone) use ``pooler_output``.
+objective is registered, and for the exports read back through transformers' wrappers). A plain text encoder that
+no objective registered (an MLM or SimCSE export, a sentence-transformers model, a Hub encoder such as
+``bert-base-uncased``) is read as :func:`plain_text_features` says.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from hf_ssl.backbones import check_checkpoint_path, load_backbone
+from hf_ssl.backbones.transformers import masked_mean
 from hf_ssl.data.loading import Modality
 from hf_ssl.errors import UsageError
+from hf_ssl.export.sentence_transformers import read_pooling
 
 Encoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """``inputs (e.g. {"pixel_values": (B, C, H, W)}) -> features (B, F)``."""
@@ -39,12 +46,15 @@ class FeatureSpec:
         description: what the features are, in words, reported in the results (``"mean of patch tokens"``).
         extra_metrics: ``(model, test dataset, input column, preprocessor) -> {key: results}``: the objective's own
             measures on the evaluated split (e.g. masked-token accuracy), merged into the results.
+        optional_weights: name prefixes of backbone weights that ``pool`` never reads, so a checkpoint may lack them
+            (``"pooler."`` for mean-pooled text encoders).
     """
 
     modality: Modality
     pool: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = pooler_output
     description: str = "pooler_output"
     extra_metrics: Callable[[Any, Any, str, Callable], dict[str, Any]] | None = None
+    optional_weights: tuple[str, ...] = ()
 
 
 FEATURE_SPECS: dict[str, FeatureSpec] = {}
@@ -57,18 +67,71 @@ def register_features(model_type: str, spec: FeatureSpec) -> None:
     FEATURE_SPECS[model_type] = spec
 
 
-def feature_spec(config: PretrainedConfig) -> FeatureSpec:
-    """The :class:`FeatureSpec` of a checkpoint's config.
+def mean_of_tokens(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, F)``: the mean of ``last_hidden_state`` over the tokens where ``attention_mask`` is 1."""
+    return masked_mean(outputs.last_hidden_state, inputs.get("attention_mask"))
+
+
+def first_token(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, F)``: the first token's state of ``last_hidden_state`` ([CLS])."""
+    return outputs.last_hidden_state[:, 0]
+
+
+def plain_text_features(model_name_or_path: str, config: PretrainedConfig) -> FeatureSpec | None:
+    """How to read a text encoder that no objective registered, or ``None`` when the checkpoint is not one.
+
+    A sentence-transformers folder is pooled as its ``Pooling`` module says (``cls`` or ``mean``); a family that
+    transformers pretrains with a masked-LM head (BERT, RoBERTa, DeBERTa, ...) by the mean of its token states. The
+    family's pooler, if any, is never read, so a checkpoint may lack it (our MLM export has none).
 
     Raises:
-        UsageError: no objective registered features for its ``model_type``.
+        UsageError: a sentence-transformers folder pooled otherwise (e.g. ``max``).
     """
-    spec = FEATURE_SPECS.get(config.model_type)
+    if os.path.isfile(os.path.join(model_name_or_path, "modules.json")):
+        pooling = read_pooling(model_name_or_path)
+        if pooling not in ("cls", "mean"):
+            raise UsageError(
+                f"{model_name_or_path}: a sentence-transformers folder pooled by {pooling or 'a mode'} that evaluation "
+                "does not read (it reads cls or mean pooling)"
+            )
+    elif config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        pooling = "mean"
+    else:
+        return None
+    if pooling == "cls":
+        return FeatureSpec("text", first_token, "the first token's state ([CLS])", optional_weights=("pooler.",))
+    return FeatureSpec("text", mean_of_tokens, "mean of the token states", optional_weights=("pooler.",))
+
+
+def feature_spec(model_name_or_path: str, config: PretrainedConfig) -> FeatureSpec:
+    """The :class:`FeatureSpec` of a checkpoint: registered for its ``model_type``, else that of a plain text
+    encoder (:func:`plain_text_features`).
+
+    Raises:
+        UsageError: neither.
+    """
+    spec = FEATURE_SPECS.get(config.model_type) or plain_text_features(model_name_or_path, config)
     if spec is None:
         raise UsageError(
-            f"cannot evaluate a {config.model_type!r} checkpoint; known model types: {', '.join(sorted(FEATURE_SPECS))}"
+            f"cannot evaluate a {config.model_type!r} checkpoint; known model types: "
+            f"{', '.join(sorted(FEATURE_SPECS))} and text encoders with a masked-LM head"
         )
     return spec
+
+
+def load_features(model_name_or_path: str) -> tuple[PreTrainedModel, FeatureSpec]:
+    """A checkpoint's backbone (eval mode) and how evaluation reads its features.
+
+    Raises:
+        UsageError: no checkpoint there, one that evaluation cannot read, or one that lacks weights it reads.
+    """
+    path = check_checkpoint_path(model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read a checkpoint config: {error}") from error
+    spec = feature_spec(path, config)
+    return load_backbone(path, optional_weights=spec.optional_weights), spec
 
 
 def default_device() -> torch.device:

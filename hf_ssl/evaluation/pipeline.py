@@ -17,11 +17,10 @@ import torch
 from datasets import ClassLabel, Dataset
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from hf_ssl.backbones import load_backbone
 from hf_ssl.data import find_column, find_label_column, load_data
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
-from hf_ssl.evaluation.features import default_device, extract_feature_sets, feature_spec, model_encoder
+from hf_ssl.evaluation.features import default_device, extract_feature_sets, load_features, model_encoder
 from hf_ssl.evaluation.knn import knn_accuracy
 from hf_ssl.evaluation.linear_probe import linear_probe_accuracy
 from hf_ssl.evaluation.tasks import FeatureCollator, get_task
@@ -144,8 +143,7 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
     ):
         return evaluate_sts(args)
     started = time.perf_counter()
-    model = load_backbone(args.model_name_or_path)
-    spec = feature_spec(model.config)
+    model, spec = load_features(args.model_name_or_path)
     task = get_task(spec.modality)
     preprocess = task.preprocessor(args.model_name_or_path, model.config)
 

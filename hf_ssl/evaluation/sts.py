@@ -249,11 +249,6 @@ def mean_pooled(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], t
     return encode
 
 
-def cls_pooled(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """An encoder function: the first token's state of ``model(**inputs).last_hidden_state``."""
-    return lambda inputs: model(**inputs).last_hidden_state[:, 0]
-
-
 def looks_like_sts(dataset_name: str | None, split: str = "test", cache_dir: str | None = None) -> bool:
     """Whether one split of ``dataset_name`` reads as STS data (:func:`load_sts` finds two sentence columns and a
     score), for ``hf-ssl evaluate`` to choose the STS task when none is named."""

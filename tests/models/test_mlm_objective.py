@@ -247,6 +247,17 @@ def test_cli_pretrain_evaluate_export_on_the_embedded_corpus(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "hidden.pt"), ours.mlm(**inputs).last_hidden_state)
 
+    # the export (a BertForMaskedLM folder without BERT's pooler) evaluates like the run: the same mean-pooled features
+    exported_file = tmp_path / "export_eval.json"
+    main(
+        ["evaluate", "--model_name_or_path", str(export), "--dataset_name", str(data), "--split", "validation"]
+        + ["--knn_k", "5", "--baselines", "false", "--output_file", str(exported_file)]
+    )
+    exported = json.loads(exported_file.read_text())
+    assert exported["modality"] == "text" and exported["features"] == "mean of the token states"
+    for protocol in ("knn", "linear_probe"):
+        assert exported[protocol]["accuracy"] == pytest.approx(results[protocol]["accuracy"])
+
 
 def test_cli_on_a_text_file_skips_and_counts_empty_lines_with_a_trained_tokenizer(tmp_path):
     lines = list(load_default_text("train[:200]")["text"])

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
-from hf_ssl.evaluation.features import FEATURE_SPECS, default_device, model_encoder
+from hf_ssl.evaluation.features import FeatureSpec, default_device, load_features, model_encoder
 from hf_ssl.evaluation.sts import correlations, encode_sentences, load_sts, mean_pooled, sts_metrics, tfidf_cosine
-from hf_ssl.export.sentence_transformers import read_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -45,38 +44,18 @@ def max_length_for(config: PretrainedConfig) -> int:
     return min(EVAL_MAX_LENGTH, positions) if isinstance(positions, int) else EVAL_MAX_LENGTH
 
 
-def load_sentence_encoder(model_name_or_path: str) -> tuple[torch.nn.Module, Encode, str]:
-    """A checkpoint's sentence encoder: ``(model, encode(inputs) -> (B, D), description)``.
-
-    A checkpoint of a registered text objective is pooled as its feature spec says (SimCSE: its sentence embedding;
-    MLM: the mean of token states); any other transformers encoder (e.g. a sentence-transformers export) is pooled
-    as its ``1_Pooling`` config says, else by the mean of its token states.
+def load_sentence_encoder(model_name_or_path: str) -> tuple[torch.nn.Module, FeatureSpec]:
+    """A checkpoint's sentence encoder and how to pool it (:func:`~hf_ssl.evaluation.features.load_features`): a
+    registered text objective as its feature spec says (SimCSE: its sentence embedding; MLM: the mean of token
+    states), any other text encoder as its sentence-transformers ``Pooling`` says, else by the mean of its tokens.
 
     Raises:
         UsageError: no loadable checkpoint there, or one of another data kind.
     """
-    from hf_ssl.backbones import load_backbone
-
-    try:
-        config = AutoConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{model_name_or_path}: cannot read a checkpoint config: {error}") from error
-    spec = FEATURE_SPECS.get(config.model_type)
-    if spec is not None:
-        if spec.modality != "text":
-            raise UsageError(f"{model_name_or_path} is a {spec.modality} model; STS needs a text encoder")
-        model = load_backbone(model_name_or_path)
-        return model, model_encoder(model, spec.pool), spec.description
-    try:
-        model = AutoModel.from_pretrained(model_name_or_path).eval()
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{model_name_or_path}: cannot load a text encoder from it: {error}") from error
-    pooling = read_pooling(model_name_or_path) or "mean"
-    if pooling == "cls":
-        return model, model_encoder(model, lambda outputs, inputs: outputs.last_hidden_state[:, 0]), "first token"
-    if pooling == "max":
-        raise UsageError(f"{model_name_or_path}: max pooling is not supported by the STS evaluation")
-    return model, mean_pooled(model), "mean of the token states"
+    model, spec = load_features(model_name_or_path)
+    if spec.modality != "text":
+        raise UsageError(f"{model_name_or_path} is a {spec.modality} model; STS needs a text encoder")
+    return model, spec
 
 
 def starting_encoder(path: str) -> torch.nn.Module:
@@ -117,7 +96,7 @@ def evaluate_sts(args: EvaluationArguments) -> dict[str, Any]:
             f"--input_column for STS names two sentence columns as 'first,second', got {args.input_column}"
         )
     pairs = load_sts(args.dataset_name, args.split, sentence_columns, args.label_column, cache_dir=args.cache_dir)
-    model, encode, description = load_sentence_encoder(args.model_name_or_path)
+    model, spec = load_sentence_encoder(args.model_name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     except (OSError, ValueError) as error:
@@ -135,13 +114,13 @@ def evaluate_sts(args: EvaluationArguments) -> dict[str, Any]:
         "model": args.model_name_or_path,
         "modality": "text",
         "task": TASK,
-        "features": description,
+        "features": spec.description,
         "dataset": args.dataset_name,
         "dataset_config_name": args.dataset_config_name,
         "split": args.split,
         "num_test": len(pairs),
         "max_length": max_length,
-        "sts": measure(encode),
+        "sts": measure(model_encoder(model, spec.pool)),
     }
     if args.baselines:
         baselines: dict[str, Any] = {"tfidf": {"sts": {**correlations(tfidf_cosine(first, second), scores)}}}
@@ -154,10 +133,7 @@ def evaluate_sts(args: EvaluationArguments) -> dict[str, Any]:
             else:
                 baselines["starting_encoder"] = {"sts": measure(mean_pooled(start)), "model": start_path}
         random_init = random_init_backbone(model.config, args.seed).to(device)
-        pool = FEATURE_SPECS[model.config.model_type].pool if model.config.model_type in FEATURE_SPECS else None
-        baselines["random_init"] = {
-            "sts": measure(model_encoder(random_init, pool) if pool is not None else mean_pooled(random_init))
-        }
+        baselines["random_init"] = {"sts": measure(model_encoder(random_init, spec.pool))}
         results["baselines"] = baselines
         results["seed"] = args.seed
     logger.info("STS evaluation in %.1f s", time.perf_counter() - started)
