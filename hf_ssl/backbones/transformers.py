@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -72,6 +73,44 @@ def create_encoder(encoder_config: PretrainedConfig) -> PreTrainedModel:
 def takes_token_type_ids(encoder: PreTrainedModel) -> bool:
     """Whether the encoder's ``forward`` has segment ids (BERT, RoBERTa) or not (DistilBERT)."""
     return "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+
+class TextEncoderPreTrainedModel(PreTrainedModel):
+    """Base of the hf_ssl models built around one transformers text encoder, ``base_model.encoder`` (MLM, SimCSE).
+
+    The input embeddings are the encoder's; the attention implementation is the encoder's own, and these flags let a
+    request (default: SDPA) reach it. Subclasses set ``config_class``, ``base_model_prefix`` and ``_init_weights``
+    for their own layers (the encoder initialises itself).
+    """
+
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.encoder.set_input_embeddings(value)
+
+    def token_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``input_ids (B, L)`` -> the encoder's ``last_hidden_state (B, L, H)``; ``token_type_ids`` are dropped for
+        families without segments (DistilBERT)."""
+        encoder = self.base_model.encoder
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None and takes_token_type_ids(encoder):
+            kwargs["token_type_ids"] = token_type_ids
+        return encoder(input_ids=input_ids, **kwargs).last_hidden_state
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.transformers import create_encoder, masked_mean, takes_token_type_ids
+from hf_ssl.backbones.transformers import TextEncoderPreTrainedModel, create_encoder, masked_mean
 from hf_ssl.errors import UsageError
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 
@@ -150,22 +150,12 @@ class MLMPredictionHead(nn.Module):
         return F.linear(hidden_states, embedding_weight, self.bias)
 
 
-class MLMPreTrainedModel(PreTrainedModel):
-    """Base class: config class, weight initialisation of our head (the encoder initialises itself), and the
-    attention implementations passed through to the encoder (SDPA by default)."""
+class MLMPreTrainedModel(TextEncoderPreTrainedModel):
+    """Base class: config class and the weight initialisation of our head (the encoder initialises itself)."""
 
     config_class = MLMConfig
     config: MLMConfig
     base_model_prefix = "mlm"
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
-    supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
-    # the attention implementation is the encoder's own; these let a request (default: SDPA) reach it
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
         # The encoder is a PreTrainedModel: transformers dispatches its own _init_weights to it. Ours: the head.
@@ -190,27 +180,7 @@ class MLMModel(MLMPreTrainedModel):
     def __init__(self, config: MLMConfig):
         super().__init__(config)
         self.encoder = create_encoder(config.encoder)
-        self._takes_token_type_ids = takes_token_type_ids(self.encoder)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.set_input_embeddings(value)
-
-    def forward_encoder(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``input_ids (B, L)`` -> ``last_hidden_state (B, L, H)``. ``token_type_ids`` are dropped for families
-        without segments (DistilBERT)."""
-        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-        if token_type_ids is not None and self._takes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.encoder(input_ids=input_ids, **kwargs).last_hidden_state
 
     def forward(
         self,
@@ -228,7 +198,7 @@ class MLMModel(MLMPreTrainedModel):
         Returns:
             ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the mean over the non-padding tokens.
         """
-        hidden = self.forward_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, H)
+        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=masked_mean(hidden, attention_mask))
 
 
@@ -254,12 +224,6 @@ class MLMForPreTraining(MLMPreTrainedModel):
         )
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.mlm.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.mlm.set_input_embeddings(value)
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -279,7 +243,7 @@ class MLMForPreTraining(MLMPreTrainedModel):
             :class:`MLMForPreTrainingOutput`. With ``labels`` and sparse prediction, ``logits`` holds only the
             labelled positions, ``(N, V)``; without ``labels``, the logits of every position ``(B, L, V)``.
         """
-        hidden = self.mlm.forward_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, H)
+        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
         embedding_weight = self.get_input_embeddings().weight  # (V, H), the tied output projection
         if labels is None:
             return MLMForPreTrainingOutput(logits=self.lm_head(hidden, embedding_weight), last_hidden_state=hidden)

@@ -14,12 +14,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.transformers import create_encoder, inner_encoder_config, masked_mean, takes_token_type_ids
+from hf_ssl.backbones.transformers import (
+    TextEncoderPreTrainedModel,
+    create_encoder,
+    inner_encoder_config,
+    masked_mean,
+)
 from hf_ssl.errors import UsageError
 from hf_ssl.losses import alignment, info_nce_loss, uniformity
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
@@ -66,21 +71,12 @@ class SimCSEForPreTrainingOutput(ModelOutput):
     embeddings: torch.Tensor | None = None
 
 
-class SimCSEPreTrainedModel(PreTrainedModel):
-    """Base class: config class, initialisation of the MLP (the encoder initialises itself), and the attention
-    implementations passed through to the encoder (SDPA by default)."""
+class SimCSEPreTrainedModel(TextEncoderPreTrainedModel):
+    """Base class: config class and the initialisation of the MLP (the encoder initialises itself)."""
 
     config_class = SimCSEConfig
     config: SimCSEConfig
     base_model_prefix = "simcse"
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
-    supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config.encoder, "initializer_range", None) or 0.02
@@ -98,14 +94,7 @@ class SimCSEModel(SimCSEPreTrainedModel):
     def __init__(self, config: SimCSEConfig):
         super().__init__(config)
         self.encoder = create_encoder(config.encoder)
-        self._takes_token_type_ids = takes_token_type_ids(self.encoder)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.set_input_embeddings(value)
 
     def forward(
         self,
@@ -123,10 +112,7 @@ class SimCSEModel(SimCSEPreTrainedModel):
         Returns:
             ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the sentence embeddings.
         """
-        encoder_kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-        if token_type_ids is not None and self._takes_token_type_ids:
-            encoder_kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(input_ids=input_ids, **encoder_kwargs).last_hidden_state  # (B, L, H)
+        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
         pooled = pool_sentences(hidden, attention_mask, self.config.pooler_type)  # (B, H)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
@@ -143,12 +129,6 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
         self.simcse = SimCSEModel(config)
         self.mlp = SimCSEMLP(config.encoder.hidden_size) if config.pooler_type == "cls" else None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.simcse.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.simcse.set_input_embeddings(value)
 
     def forward(
         self,
