@@ -17,11 +17,15 @@ MNRL's ``scale`` 20), pooling (mean of the token states: sentence-transformers' 
 Throughput is sentences per second of training (``train_runtime`` of each trainer; tokenisation before training is
 timed and printed apart). Both are then scored on STS-B dev (Spearman x 100 of the cosine similarity, the same
 evaluator and the same mean pooling for both). The two alternate, the order flipping every repeat, so they see the
-same machine load on average.
+same machine load on average. Repeat ``r`` trains both sides with seed ``--seed + r``: the same batches for both, but
+dropout draws that differ between the two (one pass of 2B against two of B), so the Spearmans are compared as a mean
+and spread over the repeats. With dropout off the two trainers end at the same weights
+(``tests/models/test_simcse.py``).
 
 Example (from the project root; the data sit in ../shared/data)::
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_simcse.py --model_name_or_path runs/mlm-enwiki-wordnet --steps 300
+    OMP_NUM_THREADS=1 python scripts/benchmark_simcse.py --model_name_or_path runs/mlm-enwiki-wordnet --steps 100 \
+        --repeats 6 --num_threads 1
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def sts_spearman(model: torch.nn.Module, tokenizer, dev: Dataset) -> float:
     return 100 * sts_metrics(a, b, dev["score"])["spearman"]
 
 
-def common_args(args: argparse.Namespace, output_dir: Path) -> dict:
+def common_args(args: argparse.Namespace, output_dir: Path, seed: int) -> dict:
     return {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": args.batch_size,
@@ -102,7 +106,7 @@ def common_args(args: argparse.Namespace, output_dir: Path) -> dict:
         "weight_decay": 0.0,
         "logging_steps": max(1, args.steps // 5),
         "save_strategy": "no",
-        "seed": args.seed,
+        "seed": seed,
         "dataloader_drop_last": True,
         "dataloader_num_workers": 0,
         "report_to": "none",
@@ -111,7 +115,9 @@ def common_args(args: argparse.Namespace, output_dir: Path) -> dict:
     }
 
 
-def run_hf_ssl(args, start: Path, texts: list[str], dev: Dataset, work: Path, group_by_length: bool = False) -> dict:
+def run_hf_ssl(
+    args, start: Path, texts: list[str], dev: Dataset, work: Path, seed: int, group_by_length: bool = False
+) -> dict:
     from transformers import AutoModel
 
     from hf_ssl.models.simcse import SIMCSE, SimCSEDataArguments
@@ -123,12 +129,12 @@ def run_hf_ssl(args, start: Path, texts: list[str], dev: Dataset, work: Path, gr
     data = SimCSEDataArguments(max_seq_length=args.max_seq_length)
     prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data)
     preprocessing = time.perf_counter() - started
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = SIMCSE.make_model(config, str(start))
     strategy = "group_by_length" if group_by_length else "random"
     trainer = SSLTrainer(
         model=model,
-        args=SSLTrainingArguments(**common_args(args, work / "hf_ssl"), train_sampling_strategy=strategy),
+        args=SSLTrainingArguments(**common_args(args, work / "hf_ssl", seed), train_sampling_strategy=strategy),
         train_dataset=prepared.dataset,
         data_collator=prepared.collator,
         processing_class=prepared.processing_class,
@@ -144,7 +150,7 @@ def run_hf_ssl(args, start: Path, texts: list[str], dev: Dataset, work: Path, gr
     }
 
 
-def run_sentence_transformers(args, start: Path, texts: list[str], dev: Dataset, work: Path) -> dict:
+def run_sentence_transformers(args, start: Path, texts: list[str], dev: Dataset, work: Path, seed: int) -> dict:
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -156,13 +162,13 @@ def run_sentence_transformers(args, start: Path, texts: list[str], dev: Dataset,
     started = time.perf_counter()
     transformer = models.Transformer(str(start), max_seq_length=args.max_seq_length)
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = SentenceTransformer(modules=[transformer, pooling], device="cuda" if torch.cuda.is_available() else "cpu")
     pairs = Dataset.from_dict({"anchor": texts, "positive": texts})
     preprocessing = time.perf_counter() - started
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=SentenceTransformerTrainingArguments(**common_args(args, work / "st")),
+        args=SentenceTransformerTrainingArguments(**common_args(args, work / "st", seed)),
         train_dataset=pairs,
         loss=losses.MultipleNegativesRankingLoss(model, scale=1.0 / args.temperature),
     )
@@ -175,13 +181,24 @@ def run_sentence_transformers(args, start: Path, texts: list[str], dev: Dataset,
     }
 
 
+def spread(values: list[float]) -> str:
+    """``mean +- standard deviation (n runs)``; the deviation needs two runs."""
+    deviation = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.2f}{deviation} ({len(values)} run{'s' if len(values) > 1 else ''})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", help="Starting encoder (an MLM run); default a random small BERT.")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_seq_length", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=5e-4,
+        help="Constant; 5e-4 as in scripts/configs/simcse_unsup.yaml (at 5e-5 both sides lower STS-B in 100 steps).",
+    )
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument(
         "--dropout", type=float, default=0.1, help="The encoder's dropout rates (the noise; 0.1 as in the paper)."
@@ -198,9 +215,15 @@ def main() -> None:
         help="Also run hf_ssl with batches of sentences of similar length (--train_sampling_strategy "
         "group_by_length: less padding, other negatives in each batch); sentence-transformers has no such sampler.",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="Runs of each side, alternating which goes first.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="Runs of each side, alternating which goes first; repeat r trains with seed --seed + r (other dropout "
+        "draws and batch order, the same sentences).",
+    )
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Picks the sentences, and seeds the first repeat.")
     parser.add_argument("--output_file", help="Write the measurements here as JSON.")
     args = parser.parse_args()
     if args.num_threads:
@@ -224,7 +247,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = list(sides) if repeat % 2 == 0 else list(reversed(sides))  # same average load for each
             for name in order:
-                result = sides[name](args, start, texts, dev, work / f"{name}-{repeat}")
+                result = sides[name](args, start, texts, dev, work / f"{name}-{repeat}", args.seed + repeat)
                 result["sentences_per_s"] = args.steps * args.batch_size / result["train_runtime"]
                 results[name].append(result)
                 print(
@@ -234,16 +257,19 @@ def main() -> None:
                     flush=True,
                 )
     speed = {name: statistics.median(r["sentences_per_s"] for r in runs) for name, runs in results.items()}
-    quality = {name: statistics.median(r["spearman"] for r in runs) for name, runs in results.items()}
     print(
-        f"\nmedians of {args.repeats} run(s) each: {args.steps} steps of {args.batch_size} sentences, "
+        f"\n{args.repeats} run(s) each (speed: median; STS-B dev Spearman: mean +- standard deviation over the seeds): "
+        f"{args.steps} steps of {args.batch_size} sentences, "
         f"max length {args.max_seq_length}, fp32, "
         f"{torch.get_num_threads()} thread(s), {'CUDA' if torch.cuda.is_available() else 'CPU'}"
     )
-    for name in sides:
-        print(f"{name:24s} {speed[name]:8.1f} sentences/s   STS-B dev Spearman {quality[name]:.1f}")
+    for name, runs in results.items():
+        print(f"{name:24s} {speed[name]:8.1f} sentences/s   STS-B dev Spearman {spread([r['spearman'] for r in runs])}")
     for name in (n for n in sides if n != "sentence_transformers"):
         print(f"speed ratio {name} / sentence_transformers: {speed[name] / speed['sentence_transformers']:.2f}x")
+        pairs = zip(results[name], results["sentence_transformers"], strict=True)
+        gaps = [ours["spearman"] - theirs["spearman"] for ours, theirs in pairs]
+        print(f"Spearman {name} - sentence_transformers, the same seed: {spread(gaps)}")
     if args.output_file:
         Path(args.output_file).write_text(json.dumps({"args": vars(args), "runs": results}, indent=2) + "\n")
 

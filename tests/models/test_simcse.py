@@ -474,6 +474,76 @@ _ENCODE_WITHOUT_HF_SSL = textwrap.dedent(
 )
 
 
+def test_training_follows_sentence_transformers_mnrl_step_for_step_when_dropout_is_off(tmp_path):
+    """Item 3 of issue 9, the part that need not be statistical: with dropout switched off (its draws are the only
+    thing the two may differ in), hf_ssl's trainer and sentence-transformers' (MultipleNegativesRankingLoss over
+    (sentence, sentence) pairs, scale 1 / tau) see the same batches, take the same steps and end at the same weights.
+    hf_ssl encodes the doubled batch in length buckets, sentence-transformers anchors and positives apart."""
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+        models,
+    )
+
+    from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
+
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY_ENCODER), add_pooling_layer=False).save_pretrained(start)
+    tokenizer().save_pretrained(start)
+    texts = [line for line in load_default_text("train")["text"] if line.strip()][:24]
+
+    def args(name: str) -> dict:
+        return {
+            "output_dir": str(tmp_path / name),
+            "per_device_train_batch_size": 8,
+            "max_steps": 3,
+            "learning_rate": 1e-3,
+            "lr_scheduler_type": "constant",
+            "weight_decay": 0.0,
+            "save_strategy": "no",
+            "seed": 3,
+            "report_to": "none",
+            "use_cpu": True,
+            "disable_tqdm": True,
+        }
+
+    def no_dropout(module: torch.nn.Module) -> None:
+        for child in module.modules():
+            if isinstance(child, torch.nn.Dropout):
+                child.p = 0.0
+
+    config = SIMCSE.make_config({"pooler_type": "mean", "length_buckets": 3}, str(start))
+    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, SimCSEDataArguments(max_seq_length=16))
+    ours = SIMCSE.make_model(config, str(start))
+    no_dropout(ours)
+    SSLTrainer(
+        model=ours,
+        args=SSLTrainingArguments(**args("hf_ssl")),
+        train_dataset=prepared.dataset,
+        data_collator=prepared.collator,
+    ).train()
+
+    transformer = models.Transformer(str(start), max_seq_length=16)
+    reference = SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], device="cpu")
+    no_dropout(reference)
+    SentenceTransformerTrainer(
+        model=reference,
+        args=SentenceTransformerTrainingArguments(**args("st")),
+        train_dataset=Dataset.from_dict({"anchor": texts, "positive": texts}),
+        loss=losses.MultipleNegativesRankingLoss(reference, scale=1.0 / config.loss_temperature),
+    ).train()
+
+    theirs, initial = transformer.auto_model.state_dict(), BertModel.from_pretrained(start).state_dict()
+    moved = 0
+    for name, weight in ours.simcse.encoder.state_dict().items():
+        torch.testing.assert_close(weight, theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+        moved += not torch.equal(weight, initial[name])
+    assert moved > 10  # the three steps did train
+
+
 def test_sentence_transformers_export_gives_the_same_vectors_without_hf_ssl(tmp_path):
     """Item 2 of issue 9: SentenceTransformer(export) encodes SimCSEModel's vectors (to 1e-5), in a fresh
     interpreter that never imports hf_ssl; the folder is also a plain AutoModel folder."""
