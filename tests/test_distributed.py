@@ -1,4 +1,6 @@
-"""Real 2-process runs (gloo, CPU): NT-Xent gathered with gradients equals the 1-process full-batch loss.
+"""Real 2-process runs (gloo, CPU) of the contrastive losses that gather across processes: SimCLR's NT-Xent and
+SimCSE's InfoNCE with hard negatives (both use ``hf_ssl.losses.gather_with_offset``). Gathered with gradients, the
+mean of the processes' losses, and DDP's averaged gradients, equal one process on the concatenated batch.
 
 The module launches this file as a script once per rank (subprocesses with a wall-clock limit, so a stuck
 collective fails the test instead of hanging it); the workers save their results with ``torch.save`` and the
@@ -22,14 +24,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import hf_ssl.losses
-from hf_ssl.losses import nt_xent_loss
+from hf_ssl.losses import info_nce_loss, nt_xent_loss
 
 WORLD_SIZE = 2
 PAIRS_PER_RANK = 3
 IN_DIM, EMB_DIM = 6, 5
 TEMPERATURE = 0.2
+HARD_NEGATIVE_WEIGHT = 2.0
 LAUNCH_TIMEOUT_S = 120
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _triplets() -> torch.Tensor:
+    """SimCSE's global batch: ``(3, B, IN_DIM)`` inputs of the sentences, their positives and hard negatives."""
+    return torch.randn(3, WORLD_SIZE * PAIRS_PER_RANK, IN_DIM, generator=torch.Generator().manual_seed(1))
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +71,17 @@ def _step(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, gather: bool) 
         "weight_grad": module.weight.grad.clone(),
         "bias_grad": module.bias.grad.clone(),
     }
+
+
+def _info_nce_step(model: nn.Module, inputs: torch.Tensor, gather: bool) -> dict[str, torch.Tensor]:
+    """One forward of all the ``3 n`` inputs, as SimCSE does, then InfoNCE with hard negatives and its gradients."""
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    z = model(inputs.flatten(0, 1)).unflatten(0, (3, -1))  # (3, n, EMB_DIM)
+    loss = info_nce_loss(
+        z[0], z[1], z[2], TEMPERATURE, hard_negative_weight=HARD_NEGATIVE_WEIGHT, gather_distributed=gather
+    )
+    loss.backward()
+    return {"loss": loss.detach(), "weight_grad": module.weight.grad.clone(), "bias_grad": module.bias.grad.clone()}
 
 
 def _detached_all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -115,9 +134,12 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
         local = _rank_slice(rank)
         results = {}
         for name, gather, gather_fn in SCENARIOS:
-            model = DistributedDataParallel(_model())  # averages the parameter gradients over the processes
             with _gather_replaced_by(gather_fn):
-                results[name] = _step(model, x_a[local], x_b[local], gather)
+                # DDP averages the parameter gradients over the processes
+                results[name] = _step(DistributedDataParallel(_model()), x_a[local], x_b[local], gather)
+                results[f"info_nce/{name}"] = _info_nce_step(
+                    DistributedDataParallel(_model()), _triplets()[:, local], gather
+                )
         torch.save(results, out_file)
     finally:
         dist.destroy_process_group()
@@ -238,6 +260,23 @@ def test_non_differentiable_gather_is_caught(rank_results, one_process, mutant):
     for result in rank_results:
         assert not _close(result[mutant]["weight_grad"], one_process["weight_grad"])
         assert not _close(result[mutant]["embedding_grad"], result["gathered"]["embedding_grad"])
+
+
+def test_info_nce_with_hard_negatives_two_processes_equal_one_process(rank_results):
+    """SimCSE's loss: the mean loss and DDP's gradients equal one process on the concatenated triplets; local
+    negatives give another loss, and a gather without gradients the same loss but other gradients."""
+    one_process = _info_nce_step(_model(), _triplets(), gather=True)
+    losses = {name: torch.stack([r[f"info_nce/{name}"]["loss"] for r in rank_results]) for name, _, _ in SCENARIOS}
+    torch.testing.assert_close(losses["gathered"].mean(), one_process["loss"], rtol=0, atol=1e-6)
+    for rank, result in enumerate(rank_results):
+        for key in ("weight_grad", "bias_grad"):
+            torch.testing.assert_close(
+                result["info_nce/gathered"][key], one_process[key], rtol=1e-5, atol=1e-6, msg=f"rank {rank} {key}"
+            )
+    assert (losses["local_negatives"].mean() - one_process["loss"]).abs() > 1e-2
+    torch.testing.assert_close(losses["mutant_local_grad_gather"].mean(), one_process["loss"], rtol=0, atol=1e-6)
+    for result in rank_results:
+        assert not _close(result["info_nce/mutant_local_grad_gather"]["weight_grad"], one_process["weight_grad"])
 
 
 if __name__ == "__main__":
