@@ -241,6 +241,19 @@ def test_plain_text_encoders_are_read_without_their_pooler_and_other_families_ar
         load_features(str(tmp_path / "gpt2"))
 
 
+def test_held_out_probe_accuracy_uses_only_the_fit_rows():
+    """The best layer's score: a probe fitted on four fifths of the fit split, scored on the other fifth."""
+    from hf_ssl.evaluation.arguments import EvaluationArguments
+    from hf_ssl.evaluation.pipeline import held_out_probe_accuracy
+
+    labels = torch.arange(100) % 4
+    informative = torch.nn.functional.one_hot(labels, 4).float() + 0.01 * torch.randn(100, 4)
+    noise = torch.randn(100, 4)
+    args = EvaluationArguments(model_name_or_path="unused", seed=0, probe_max_iter=200)
+    assert held_out_probe_accuracy(informative, labels, 4, args, torch.device("cpu")) == 1.0
+    assert held_out_probe_accuracy(noise, labels, 4, args, torch.device("cpu")) < 0.6
+
+
 def test_random_init_backbone_is_seeded_and_leaves_the_global_rng_alone(tiny_simclr_config):
     state = torch.get_rng_state()
     first, again = random_init_backbone(tiny_simclr_config, 0), random_init_backbone(tiny_simclr_config, 0)

@@ -42,7 +42,8 @@ class FeatureSpec:
         modality: the data kind the backbone reads (chooses the task: preprocessing and baselines).
         pool: ``(model outputs, inputs) -> (B, F)`` features, or an ordered ``{layer: (B, F)}`` of several feature
             sets (e.g. each transformer layer's output): each is evaluated, the results report every layer, the best
-            (by linear probe) and, at the top level, the last; default the backbone's ``pooler_output``.
+            (by a linear probe on a held-out fifth of the fit split, never the scored split) and, at the top level,
+            the last; default the backbone's ``pooler_output``.
         description: what the features are, in words, reported in the results (``"mean of patch tokens"``).
         extra_metrics: ``(model, test dataset, input column, preprocessor) -> {key: results}``: the objective's own
             measures on the evaluated split (e.g. masked-token accuracy), merged into the results.

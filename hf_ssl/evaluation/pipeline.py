@@ -109,6 +109,24 @@ def _protocols(
     }
 
 
+def held_out_probe_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, args: EvaluationArguments, device: torch.device
+) -> float:
+    """Linear-probe accuracy on a held-out fifth of the fit split's rows (seeded by ``args.seed``), the probe fitted
+    on the other four fifths: how a best layer is chosen without looking at the scored split."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
+    held, fit = order[: max(1, len(order) // 5)], order[max(1, len(order) // 5) :]
+    return linear_probe_accuracy(
+        features[fit].to(device),
+        labels[fit].to(device),
+        features[held].to(device),
+        labels[held].to(device),
+        num_classes=num_classes,
+        weight_decay=LINEAR_PROBE_WEIGHT_DECAY,
+        max_iter=args.probe_max_iter,
+    )
+
+
 def evaluate(args: EvaluationArguments) -> dict[str, Any]:
     """kNN and linear-probe accuracy of a checkpoint's frozen backbone on a labelled dataset of its data kind, or
     (``args.task`` ``sts``, or ``auto`` on (sentence1, sentence2, score) data) STS correlations
@@ -188,8 +206,18 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
             pair = ((train_features[name], train_labels), (test_features[name], test_labels))
             return _protocols(*pair, num_classes=num_classes, args=args, device=device)
         per_layer = {layer: protocols(f"{name}/{layer}") for layer in layers}
-        best = max(layers, key=lambda layer: per_layer[layer]["linear_probe"]["accuracy"])
-        return {**per_layer[layers[-1]], "layer": layers[-1], "best_layer": best, "layers": per_layer}
+        held_out = {
+            layer: held_out_probe_accuracy(train_features[f"{name}/{layer}"], train_labels, num_classes, args, device)
+            for layer in layers
+        }
+        best = max(layers, key=held_out.__getitem__)  # chosen without looking at the scored split
+        return {
+            **per_layer[layers[-1]],
+            "layer": layers[-1],
+            "best_layer": best,
+            "best_layer_held_out_accuracy": held_out,
+            "layers": per_layer,
+        }
 
     results: dict[str, Any] = {
         "model": args.model_name_or_path,

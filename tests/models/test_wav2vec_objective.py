@@ -221,7 +221,8 @@ def test_cli_pretrain_evaluate_export_and_start_from_the_export(tmp_path, capsys
     results = json.loads(eval_file.read_text())
     assert results["modality"] == "audio" and results["dataset"] == "synthetic_words" and results["num_test"] == 60
     assert list(results["layers"]) == ["layer_0", "layer_1", "layer_2"] and results["layer"] == "layer_2"
-    assert results["best_layer"] in results["layers"]
+    held_out = results["best_layer_held_out_accuracy"]  # the best layer is chosen on training rows, not on the test
+    assert list(held_out) == list(results["layers"]) and results["best_layer"] == max(held_out, key=held_out.get)
     assert results["linear_probe"] == results["layers"]["layer_2"]["linear_probe"]
     assert results["baselines"]["random_init"]["best_layer"] in results["layers"]
     assert results["baselines"]["log_mel_stats"]["num_features"] == 80
@@ -232,7 +233,7 @@ def test_cli_pretrain_evaluate_export_and_start_from_the_export(tmp_path, capsys
     assert AutoConfig.from_pretrained(out).model_type == "wav2vec2"
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "transformers" and card.data.eval_results
-    assert f"best linear probe: `{results['best_layer']}`" in card.text and "baevski2020wav2vec" in card.text
+    assert f"training rows): `{results['best_layer']}`" in card.text and "baevski2020wav2vec" in card.text
 
     # the export (a plain Wav2Vec2Model) evaluates to the same numbers
     exported_file = tmp_path / "export_eval.json"
