@@ -52,6 +52,12 @@ def check_range(
         raise UsageError(f"{name} must be {allowed}, got {value!r}")
 
 
+def check_int(name: str, value: Any, low: int) -> None:
+    """Raise :class:`UsageError` unless ``value`` is an integer (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...] | list[Any]) -> None:
     """Raise :class:`UsageError` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -135,7 +135,7 @@ def test_config_defaults_round_trip_and_other_families(tmp_path):
         ({"loss_temperature": 0.0}, "loss_temperature must be > 0"),
         ({"hard_negative_weight": -1.0}, "hard_negative_weight must be >= 0"),
         ({"gather_distributed": "yes"}, "gather_distributed must be one of"),
-        ({"length_buckets": 0}, "length_buckets must be >= 1"),
+        ({"length_buckets": 0}, "length_buckets must be an integer >= 1, got 0"),
         ({"length_buckets": 2.5}, "length_buckets must be an integer"),
         ({"encoder": 3}, "encoder must be a config dict"),
         ({"encoder": {"model_type": "bert", "is_decoder": True}}, "encoder.is_decoder must be False"),

@@ -8,7 +8,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from hf_ssl.backbones.transformers import resolve_encoder_config
-from hf_ssl.errors import UsageError, check_choice, check_range
+from hf_ssl.errors import UsageError, check_choice, check_int, check_range
 
 POOLER_TYPES = ("cls", "cls_before_pooler", "mean")
 
@@ -91,9 +91,7 @@ class SimCSEConfig(PretrainedConfig):
         check_range("loss_temperature", self.loss_temperature, 0.0, low_inclusive=False)
         check_range("hard_negative_weight", self.hard_negative_weight, 0.0)
         check_choice("gather_distributed", self.gather_distributed, (True, False))
-        if isinstance(self.length_buckets, bool) or not isinstance(self.length_buckets, int):
-            raise UsageError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
-        check_range("length_buckets", self.length_buckets, 1)
+        check_int("length_buckets", self.length_buckets, 1)
         if self.starting_encoder is not None and not isinstance(self.starting_encoder, str):
             raise UsageError(f"starting_encoder must be a model name or path, got {self.starting_encoder!r}")
         for field in ("vocab_size", "hidden_size"):

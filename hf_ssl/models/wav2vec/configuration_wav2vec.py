@@ -6,12 +6,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig, Wav2Vec2Config
 
-from hf_ssl.errors import UsageError, check_range
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+from hf_ssl.errors import UsageError, check_int, check_range
 
 
 def receptive_field(conv_kernel: list[int] | tuple[int, ...], conv_stride: list[int] | tuple[int, ...]) -> int:
@@ -131,18 +126,18 @@ class Wav2VecConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         check_range("mask_time_prob", self.mask_time_prob, 0.0, 1.0, low_inclusive=False)
-        _check_int("mask_time_length", self.mask_time_length, 1)
-        _check_int("mask_time_min_masks", self.mask_time_min_masks, 0)
-        _check_int("num_negatives", self.num_negatives, 1)
-        _check_int("num_codevector_groups", self.num_codevector_groups, 1)
-        _check_int("num_codevectors_per_group", self.num_codevectors_per_group, 2)
-        _check_int("codevector_dim", self.codevector_dim, 1)
+        check_int("mask_time_length", self.mask_time_length, 1)
+        check_int("mask_time_min_masks", self.mask_time_min_masks, 0)
+        check_int("num_negatives", self.num_negatives, 1)
+        check_int("num_codevector_groups", self.num_codevector_groups, 1)
+        check_int("num_codevectors_per_group", self.num_codevectors_per_group, 2)
+        check_int("codevector_dim", self.codevector_dim, 1)
         if self.codevector_dim % self.num_codevector_groups:
             raise UsageError(
                 f"codevector_dim ({self.codevector_dim}) must be a multiple of num_codevector_groups "
                 f"({self.num_codevector_groups}): each group contributes codevector_dim / groups dimensions"
             )
-        _check_int("proj_codevector_dim", self.proj_codevector_dim, 1)
+        check_int("proj_codevector_dim", self.proj_codevector_dim, 1)
         check_range("contrastive_logits_temperature", self.contrastive_logits_temperature, 0.0, low_inclusive=False)
         check_range("diversity_loss_weight", self.diversity_loss_weight, 0.0)
         check_range("feat_quantizer_dropout", self.feat_quantizer_dropout, 0.0, 1.0, high_inclusive=False)
@@ -150,7 +145,7 @@ class Wav2VecConfig(PretrainedConfig):
         check_range("min_gumbel_temperature", self.min_gumbel_temperature, 0.0, low_inclusive=False)
         check_range("max_gumbel_temperature", self.max_gumbel_temperature, self.min_gumbel_temperature)
         check_range("gumbel_temperature_decay", self.gumbel_temperature_decay, 0.0, 1.0, low_inclusive=False)
-        _check_int("sampling_rate", self.sampling_rate, 1)
+        check_int("sampling_rate", self.sampling_rate, 1)
         check_range("max_duration_seconds", self.max_duration_seconds, 0.0, low_inclusive=False)
         if self.backbone.add_adapter:
             raise UsageError("backbone.add_adapter must be False for pretraining (the adapter is for fine-tuning)")
