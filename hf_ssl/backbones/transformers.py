@@ -4,6 +4,7 @@ states over the non-padding tokens."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -70,9 +71,15 @@ def create_encoder(encoder_config: PretrainedConfig) -> PreTrainedModel:
     return AutoModel.from_config(encoder_config, **kwargs)
 
 
+@functools.cache
+def _forward_takes_token_type_ids(encoder_class: type) -> bool:
+    return "token_type_ids" in inspect.signature(encoder_class.forward).parameters
+
+
 def takes_token_type_ids(encoder: PreTrainedModel) -> bool:
-    """Whether the encoder's ``forward`` has segment ids (BERT, RoBERTa) or not (DistilBERT)."""
-    return "token_type_ids" in inspect.signature(encoder.forward).parameters
+    """Whether the encoder's ``forward`` has segment ids (BERT, RoBERTa) or not (DistilBERT); read once per class,
+    since every forward pass asks."""
+    return _forward_takes_token_type_ids(type(encoder))
 
 
 class TextEncoderPreTrainedModel(PreTrainedModel):
