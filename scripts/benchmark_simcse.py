@@ -87,10 +87,11 @@ def starting_encoder(args: argparse.Namespace, folder: Path) -> Path:
 
 
 def sts_spearman(model: torch.nn.Module, tokenizer, dev: Dataset) -> float:
-    from hf_ssl.evaluation.sts import encode_sentences, mean_pooled, sts_metrics
+    from hf_ssl.evaluation.features import mean_of_tokens, model_encoder
+    from hf_ssl.evaluation.sts import encode_sentences, sts_metrics
 
     model.eval()
-    encode = mean_pooled(model)
+    encode = model_encoder(model, mean_of_tokens)
     a, b = (encode_sentences(encode, tokenizer, dev[c], 128, 256) for c in ("sentence1", "sentence2"))
     return 100 * sts_metrics(a, b, dev["score"])["spearman"]
 

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from hf_ssl.backbones.transformers import masked_mean
 from hf_ssl.errors import UsageError
 from hf_ssl.losses import alignment, uniformity
 
@@ -238,15 +237,6 @@ def encode_sentences(
     if not parts:
         raise UsageError("there are no sentences to encode")
     return torch.cat(parts)
-
-
-def mean_pooled(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """An encoder function: the mean of ``model(**inputs).last_hidden_state`` over the non-padding tokens."""
-
-    def encode(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return masked_mean(model(**inputs).last_hidden_state, inputs["attention_mask"])
-
-    return encode
 
 
 def looks_like_sts(dataset_name: str | None, split: str = "test", cache_dir: str | None = None) -> bool:

@@ -20,8 +20,8 @@ from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
-from hf_ssl.evaluation.features import FeatureSpec, default_device, load_features, model_encoder
-from hf_ssl.evaluation.sts import correlations, encode_sentences, load_sts, mean_pooled, sts_metrics, tfidf_cosine
+from hf_ssl.evaluation.features import FeatureSpec, default_device, load_features, mean_of_tokens, model_encoder
+from hf_ssl.evaluation.sts import correlations, encode_sentences, load_sts, sts_metrics, tfidf_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def evaluate_sts(args: EvaluationArguments) -> dict[str, Any]:
             except (OSError, ValueError) as error:
                 logger.warning("cannot load the starting encoder %s for the baseline: %s", start_path, error)
             else:
-                baselines["starting_encoder"] = {"sts": measure(mean_pooled(start)), "model": start_path}
+                start_sts = measure(model_encoder(start, mean_of_tokens))
+                baselines["starting_encoder"] = {"sts": start_sts, "model": start_path}
         random_init = random_init_backbone(model.config, args.seed).to(device)
         baselines["random_init"] = {"sts": measure(model_encoder(random_init, spec.pool))}
         results["baselines"] = baselines
