@@ -115,7 +115,8 @@ def held_out_probe_accuracy(
     """Linear-probe accuracy on a held-out fifth of the fit split's rows (seeded by ``args.seed``), the probe fitted
     on the other four fifths: how a best layer is chosen without looking at the scored split."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
-    held, fit = order[: max(1, len(order) // 5)], order[max(1, len(order) // 5) :]
+    cut = max(1, len(order) // 5)
+    held, fit = order[:cut], order[cut:]
     return linear_probe_accuracy(
         features[fit].to(device),
         labels[fit].to(device),

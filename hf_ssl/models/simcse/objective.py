@@ -242,12 +242,11 @@ def prepare_data(ds: Dataset | IterableDataset, config: SimCSEConfig, args: SimC
     from ``--model_name_or_path``), its ``model_max_length`` set to ``--max_seq_length`` (what the export's
     sentence-transformers model truncates to); STS evaluation pairs when ``--sts_eval_dataset`` is given."""
     checkpoint = config.name_or_path or None
-    if not args.supervised:
-        check_dropout_noise(config)
     if args.supervised:
         ds, columns, skipped = prepare_pairs(ds, args)
         tokenizer, source = resolve_tokenizer(args, ds, columns[0], checkpoint)
     else:
+        check_dropout_noise(config)  # before any row is read
         ds, column, skipped = prepare_text_rows(ds, args)
         columns = [column]
         tokenizer, source = resolve_tokenizer(args, ds, column, checkpoint)
