@@ -227,6 +227,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Picks the sentences, and seeds the first repeat.")
     parser.add_argument("--output_file", help="Write the measurements here as JSON.")
     args = parser.parse_args()
+    for flag in ("steps", "batch_size", "repeats", "length_buckets"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     import hf_ssl  # noqa: F401  (registers the objectives)
