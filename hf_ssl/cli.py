@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +27,19 @@ from transformers import HfArgumentParser, set_seed
 
 from hf_ssl._version import __version__
 from hf_ssl.callbacks import BatchRandomnessCallback, RunInfo, RunInfoCallback
+from hf_ssl.checkpoints import check_checkpoint_fits, checkpoint_model_type, incomplete_reason, last_complete_checkpoint
 from hf_ssl.data import data_source, load_data
 from hf_ssl.data.collators import SeededCollator
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
-from hf_ssl.objectives import COMMANDS, OBJECTIVES, Objective, PreparedData, get_objective
+from hf_ssl.objectives import (
+    COMMANDS,
+    OBJECTIVES,
+    SHARED_PROCESSOR_FOLDER,
+    Objective,
+    PreparedData,
+    get_objective,
+)
 from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
 
 logger = logging.getLogger("hf_ssl")
@@ -43,14 +52,24 @@ class DataArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Hub id, local folder (imagefolder, data files, save_to_disk) or a single data file. "
-            "Empty: the objective's embedded default dataset, no download."
+            "help": "Hub id, local folder (imagefolder, audiofolder, data files, save_to_disk) or a single data file; "
+            "several (space- or comma-separated, or a YAML list) are concatenated on the columns they share. "
+            "Empty: the objective's embedded default dataset, no download.",
+            "nargs": "+",
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_split: str = field(default="train", metadata={"help": "Split to pretrain on; slices like train[:5000]."})
+    train_split: str = field(
+        default="train", metadata={"help": "Split to pretrain on (of each source); slices like train[:5000]."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset (needs --max_steps)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets caches downloads."})
+
+    def __post_init__(self) -> None:
+        # several sources (--dataset_name a b, a YAML list) are kept as one comma-separated string, which load_data
+        # splits again and the run record keeps as written
+        if isinstance(self.dataset_name, list | tuple):
+            self.dataset_name = ",".join(self.dataset_name)
 
 
 @dataclass
@@ -234,12 +253,11 @@ def parse_pretrain_args(objective: Objective, argv: list[str]) -> PretrainArgume
         prog=f"hf-ssl pretrain {objective.name}",
     )
     model_args, data_args, objective_data, config_args, training_args = parse(parser, argv)
-    if training_args.resume_from_checkpoint is not None and training_args.resume_from_checkpoint.lower() in (
-        "true",
-        "yes",
-        "1",
-    ):
-        training_args.resume_from_checkpoint = True  # the HF habit: the newest checkpoint in output_dir
+    resume = (training_args.resume_from_checkpoint or "").lower()
+    if resume in ("true", "yes", "1"):
+        training_args.resume_from_checkpoint = True  # the HF habit: the newest complete checkpoint in output_dir
+    elif resume in ("false", "no", "0", ""):
+        training_args.resume_from_checkpoint = None
     return PretrainArguments(data_args, objective_data, model_args, training_args, config_overrides(config_args))
 
 
@@ -278,24 +296,55 @@ def _check_batch_size(args: SSLTrainingArguments, min_batch_size: int) -> None:
         )
 
 
-def _check_resume(args: SSLTrainingArguments) -> None:
-    resume = args.resume_from_checkpoint
-    if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
+def _resolve_resume(args: SSLTrainingArguments, objective: Objective) -> None:
+    """Turn ``--resume_from_checkpoint`` into the folder to resume from, checked before any data is read.
 
-        if not os.path.isdir(args.output_dir) or get_last_checkpoint(args.output_dir) is None:
-            raise UsageError(f"--resume_from_checkpoint true: no checkpoint-* folder in {args.output_dir}")
-    elif resume and not os.path.isfile(os.path.join(resume, "trainer_state.json")):
-        raise UsageError(f"--resume_from_checkpoint {resume}: not a checkpoint folder (no trainer_state.json)")
+    ``true`` is the newest *complete* ``checkpoint-N`` of ``output_dir`` (a folder half-written by a killed run is
+    skipped with a warning naming it); a folder given explicitly must be complete and of this objective.
+
+    Raises:
+        UsageError: no complete checkpoint, an incomplete or truncated one, or one of another objective.
+    """
+    resume = args.resume_from_checkpoint
+    if resume is None or resume is False:
+        return
+    if resume is True:
+        found = last_complete_checkpoint(args.output_dir)
+        if found is None:
+            raise UsageError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {args.output_dir}")
+        args.resume_from_checkpoint = resume = found
+        logger.info("resuming from %s", found)
+    elif not os.path.isdir(resume):
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such folder")
+    reason = incomplete_reason(resume)
+    if reason is not None:
+        raise UsageError(f"--resume_from_checkpoint {resume}: not a complete checkpoint ({reason})")
+    model_type = checkpoint_model_type(resume)
+    if model_type != objective.config_class.model_type:
+        raise UsageError(
+            f"--resume_from_checkpoint {resume} is a {model_type!r} checkpoint, not one of {objective.name} "
+            f"({objective.config_class.model_type!r})"
+        )
 
 
 def pretrain(objective: Objective, argv: list[str]) -> str:
     """Pretrain ``objective`` as ``argv`` says: parse, prepare, build, train, save. Returns the output folder."""
     args = parse_pretrain_args(objective, argv)
+    accumulation = args.training.gradient_accumulation_steps
+    if objective.negatives_from_batch and accumulation > 1 and args.training.process_index == 0:
+        logger.warning(
+            "--gradient_accumulation_steps %d does not add negatives to %s's loss: each micro-batch contrasts only "
+            "its own examples; for more negatives raise --per_device_train_batch_size and bound its memory with "
+            "--gradient_cache_chunk_size",
+            accumulation,
+            objective.name,
+        )
     set_seed(args.training.seed)
     config = objective.make_config(args.config_overrides, args.model.model_name_or_path)
     prepared, run_info = prepare(objective, args, config)
     model = objective.make_model(config, args.model.model_name_or_path)
+    if args.training.resume_from_checkpoint:
+        check_checkpoint_fits(args.training.resume_from_checkpoint, model, "--resume_from_checkpoint")
     trainer = build_trainer(objective, args, model, prepared, run_info)
     train(trainer, args.training)
     save(trainer, args.training)
@@ -304,7 +353,7 @@ def pretrain(objective: Objective, argv: list[str]) -> str:
 
 def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple[PreparedData, RunInfo]:
     """Load the data, let the objective prepare it, and check the run can take at least one step."""
-    _check_resume(args.training)
+    _resolve_resume(args.training, objective)
     _check_batch_size(args.training, objective.min_batch_size)  # before the data is read and checked
     data = args.data
     dataset_name = data.dataset_name or objective.default_dataset[0]
@@ -316,7 +365,7 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
         cache_dir=data.cache_dir,
         default=objective.default_dataset,
     )
-    prepared = objective.prepare_data(dataset, config, args.objective_data)
+    prepared = objective.prepare_for_run(dataset, config, args.objective_data, args.training)
     num_examples = None if data.streaming else len(prepared.dataset)
     steps = optimisation_steps(args.training, num_examples)
     logger.info("%s on %s examples: %d optimisation steps", objective.name, num_examples or "streamed", steps)
@@ -369,6 +418,8 @@ def save(trainer: SSLTrainer, args: SSLTrainingArguments) -> None:
     # every process waits for the main one to finish writing, then leaves the process group cleanly (a process
     # that exits with gloo's threads still running aborts, and torchrun then fails the whole run)
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():  # the processing class the processes shared is saved with the model now
+        shutil.rmtree(os.path.join(args.output_dir, SHARED_PROCESSOR_FOLDER), ignore_errors=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -452,13 +503,14 @@ class _StderrHandler(logging.StreamHandler):
 
 def _log_to_stderr() -> None:
     """hf_ssl's own messages to stderr; other libraries keep their own handlers (a root handler would print what
-    they log a second time)."""
+    they log a second time). In a run of several processes only the main one (``RANK`` 0) logs below errors: every
+    process prepares the same data and model, so the others would repeat its lines."""
     package = logging.getLogger("hf_ssl")
     if not package.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
-        package.setLevel(logging.INFO)
+        package.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.ERROR)
         package.propagate = False
 
 

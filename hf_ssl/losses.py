@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -9,6 +10,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_ssl.distributed import all_gather_with_grad, get_rank, is_distributed
+
+
+def mean_over_items(
+    total: torch.Tensor, count: torch.Tensor | int, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """A loss summed over this micro-batch's ``count`` predicted items, as its share of the step's mean.
+
+    With ``num_items_in_batch`` (the items of every micro-batch of the optimisation step on every process, as
+    :class:`~hf_ssl.trainer.SSLTrainer` counts them) the micro-batches' losses add up to the mean over the whole
+    step, so the update does not depend on how the batch is split over processes and accumulation steps; without
+    it, the mean over this micro-batch.
+    """
+    divisor = num_items_in_batch if num_items_in_batch is not None else count
+    if isinstance(divisor, torch.Tensor):
+        divisor = divisor.to(total.device, total.dtype)
+    return total / divisor
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A block computed in its inputs' own dtype, outside any autocast: the fp32 islands of mixed precision.
+
+    Under ``torch.autocast`` (the Trainer's ``--bf16`` / ``--fp16``) matrix products run in the low-precision dtype
+    even on fp32 inputs. Similarity logits divided by a small temperature, the Gumbel quantizer's logits and the like
+    lose too much there (bf16 keeps 8 significant bits), so they are computed inside this block on ``.float()``
+    inputs. A device type without autocast gets a no-op block.
+
+    Args:
+        device: the device (or its type) of the tensors computed in the block.
+    """
+    device_type = torch.device(device).type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def gather_with_offset(*tensors: torch.Tensor, gather_distributed: bool = True) -> tuple[tuple[torch.Tensor, ...], int]:
@@ -64,7 +98,8 @@ def nt_xent_loss(
     total = all_a.shape[0]
     anchors = torch.cat([z_a, z_b])  # (2n, D)
     candidates = torch.cat([all_a, all_b])  # (2 * total, D)
-    logits = anchors @ candidates.T / temperature  # (2n, 2 * total)
+    with full_precision(z_a.device):  # fp32 logits under autocast too
+        logits = anchors @ candidates.T / temperature  # (2n, 2 * total)
     local = torch.arange(n, device=z_a.device) + offset
     self_index = torch.cat([local, local + total])
     positive_index = torch.cat([local + total, local])
@@ -134,7 +169,8 @@ def info_nce_loss(
         candidates.append(F.normalize(hard_negatives.float(), dim=1))
     gathered, offset = gather_with_offset(*candidates, gather_distributed=gather_distributed)
     total = gathered[0].shape[0]
-    logits = anchors @ torch.cat(gathered).T / temperature  # (N, total) or (N, 2 * total)
+    with full_precision(anchors.device):  # fp32 logits under autocast too
+        logits = anchors @ torch.cat(gathered).T / temperature  # (N, total) or (N, 2 * total)
     targets = torch.arange(n, device=anchors.device) + offset
     if hard_negatives is not None and hard_negative_weight != 1.0:
         bias = torch.zeros_like(logits)
@@ -205,7 +241,8 @@ def wav2vec_contrastive_loss(
     mask = mask_time_indices.bool()
     predicted = F.normalize(predicted.float(), dim=-1)
     targets_n = F.normalize(targets.float(), dim=-1)
-    similarity = torch.bmm(predicted, targets_n.transpose(1, 2)) / logits_temperature  # (B, T, T)
+    with full_precision(predicted.device):  # fp32 logits under autocast too
+        similarity = torch.bmm(predicted, targets_n.transpose(1, 2)) / logits_temperature  # (B, T, T)
     positive = similarity.diagonal(dim1=1, dim2=2)  # (B, T)
     offsets = torch.arange(batch, device=predicted.device)[:, None, None] * length
     local = sampled_negative_indices.long() - offsets  # (B, T, K): frame index within the utterance

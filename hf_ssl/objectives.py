@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,16 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback
 
+from hf_ssl.checkpoints import check_weights
 from hf_ssl.data.loading import DEFAULT_DATASET, Modality, load_digits_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import FeatureSpec, register_features
 from hf_ssl.export import Exporter, register_exporter
 
 logger = logging.getLogger(__name__)
+
+SHARED_PROCESSOR_FOLDER = "shared_processor"
+"""The folder of ``output_dir`` in which a run's main process leaves its processing class for the other processes."""
 
 
 @dataclass
@@ -62,9 +67,17 @@ class Objective:
         exporter: how its checkpoints export their backbone.
         default_dataset: ``(name, loader(split))`` of the embedded dataset used when none is given.
         min_batch_size: the fewest examples per process a batch may have (2 for contrastive objectives).
+        negatives_from_batch: the loss contrasts each example with the others of its batch (SimCLR, SimCSE), so
+            gradient accumulation does not add negatives (``hf-ssl pretrain`` warns; the config's
+            ``gradient_cache_chunk_size`` gives a large batch in bounded memory instead).
         callbacks: ``config -> [TrainerCallback]`` the objective trains with (schedules, monitors).
         commands: extra ``hf-ssl <command>`` entry points of the objective (``{"reconstruct": fn(argv)}``).
         summary: one line for ``hf-ssl --help``.
+        use_saved_processor: ``(data_args, folder) -> data_args`` that make ``prepare_data`` load the processing
+            class saved in ``folder`` instead of making one, for objectives whose processing class is learnt from
+            the data (a trained tokenizer); ``None`` where it follows from the config alone. A resumed run then
+            reads the checkpoint's, and the processes of a run share the one their main process made (see
+            :meth:`prepare_for_run`).
     """
 
     name: str
@@ -77,9 +90,50 @@ class Objective:
     exporter: Exporter | None = None
     default_dataset: tuple[str, Callable[[str], Dataset]] = (DEFAULT_DATASET, load_digits_dataset)
     min_batch_size: int = 1
+    negatives_from_batch: bool = False
     callbacks: Callable[[PretrainedConfig], list[TrainerCallback]] = lambda config: []
     commands: dict[str, Callable[[list[str]], Any]] = field(default_factory=dict)
     summary: str = ""
+    use_saved_processor: Callable[[Any, str], Any] | None = None
+
+    def prepare_for_run(
+        self, dataset: Dataset | IterableDataset, config: PretrainedConfig, data_args: Any, training_args: Any
+    ) -> PreparedData:
+        """``prepare_data`` as a training run calls it, so that every process, and a resumed run, uses the
+        processing class the model was trained with.
+
+        The main process of each node prepares first (``TrainingArguments.main_process_first``: datasets' caches are
+        written once); with :attr:`use_saved_processor`, a resumed run (``resume_from_checkpoint`` a folder, as the
+        CLI resolves it) loads the processing class saved in the checkpoint, and in a run of several processes the
+        main one saves its processing class to ``output_dir/shared_processor``, which the others load.
+
+        Args:
+            dataset: the loaded training split.
+            config: the run's config (the objective may fit it to the data, e.g. to the vocabulary).
+            data_args: the objective's data flags.
+            training_args: the run's ``TrainingArguments``.
+        """
+        resume = training_args.resume_from_checkpoint
+        if resume is True:  # the CLI resolves it before; kept for callers that do not
+            from hf_ssl.checkpoints import last_complete_checkpoint
+
+            resume = last_complete_checkpoint(training_args.output_dir)
+        reuse = self.use_saved_processor
+        if reuse is not None and resume:
+            logger.info("resuming: the processing class saved in %s is used, none is made anew", resume)
+            data_args = reuse(data_args, str(resume))
+        shared = None
+        if reuse is not None and not resume and training_args.world_size > 1:
+            shared = os.path.join(training_args.output_dir, SHARED_PROCESSOR_FOLDER)
+        with training_args.main_process_first(desc=f"{self.name} data preparation"):
+            first = training_args.local_process_index == 0
+            if shared and not first:
+                data_args = reuse(data_args, shared)
+            prepared = self.prepare_data(dataset, config, data_args)
+            if shared and first:
+                # on several nodes each node's main process makes its own (identical: deterministic) copy
+                prepared.processing_class.save_pretrained(shared)
+        return prepared
 
     def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
         """The run's config: the objective's defaults, or a checkpoint's config, updated by ``overrides``.
@@ -104,6 +158,7 @@ class Objective:
         """A new model of ``config`` (starting from pretrained backbone weights where the config asks for them), or
         the checkpoint at ``model_name_or_path`` with ``config``."""
         if model_name_or_path:
+            check_weights(model_name_or_path, "--model_name_or_path")  # a truncated file: one line, not a traceback
             return self.model_class.from_pretrained(model_name_or_path, config=config)
         model = self.model_class(config)
         if getattr(config, "pretrained_backbone", False) and hasattr(model, "load_pretrained_backbone"):

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
+from hf_ssl.data.collators import position_seed
 from hf_ssl.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UsageError):
     """The loss became non-finite; the message names the step."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether torch's oneDNN computes bf16 fast on this CPU (its check: AVX-512 BW/VL/DQ, or Arm's bf16 extension);
+    without it, bf16 autocast on the CPU is emulated and several times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 @dataclass
@@ -55,7 +76,38 @@ class SSLTrainingArguments(TrainingArguments):
             self.use_cpu = True
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every DataLoader
+        on_cpu = self.use_cpu or not torch.accelerator.is_available()
+        if on_cpu and (self.fp16 or self.fp16_full_eval):
+            flag = "--fp16" if self.fp16 else "--fp16_full_eval"
+            raise UsageError(
+                f"{flag} is for GPUs and this run is on the CPU: for mixed precision on a CPU use "
+                f"{flag.replace('fp16', 'bf16')} (fp32's range, no loss scaling)"
+            )
+        if on_cpu and (self.bf16 or self.bf16_full_eval):
+            # bf16 autocast on the CPU: transformers refuses bf16 without a bf16 GPU unless use_cpu is set
+            self.use_cpu = True
+            if not cpu_has_native_bf16():
+                _warn_once(
+                    "bf16 on this CPU, which has no native bf16 (AVX-512 or Arm bf16), is emulated and several times "
+                    "slower than fp32: use it to check a bf16 run, and train on an accelerator or in fp32"
+                )
         super().__post_init__()
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within this block the global generators of the CPU and of ``device`` start from ``seed``; both are restored
+    afterwards. ``None``: no change."""
+    if seed is None:
+        yield
+        return
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    else:
+        fork = torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    with fork:
+        torch.manual_seed(seed)
+        yield
 
 
 class SSLTrainer(Trainer):
@@ -65,12 +117,64 @@ class SSLTrainer(Trainer):
 
     A non-finite loss stops training at once (:class:`TrainingDiverged`), naming the step, before its gradient
     reaches the weights, so no checkpoint is ever written with NaN weights.
+
+    Randomness is a function of the position in the run: micro-batch ``k`` on process ``r`` runs its forward pass
+    (dropout, masks and noise drawn on the device, Gumbel noise) with the generators seeded by ``(seed, r, k)``, so a
+    run resumed from a checkpoint draws exactly what the uninterrupted run drew, whatever the Trainer's own RNG
+    checkpointing restores and wherever the DataLoader had prefetched to.
+
+    One update, however the batch is split: a model whose loss is a mean over predicted items (masked tokens,
+    patches, frames) sets ``accepts_loss_kwargs = True``, takes ``num_items_in_batch`` in ``forward`` and divides
+    its summed loss by it; it may define ``num_items(batch)`` (the micro-batch's count, default: labels that are not
+    -100) and ``draw_random_inputs(batch)`` (the draws that decide that count, e.g. span masks, made here before
+    the step's first forward pass). The count is summed over the step's micro-batches and over processes
+    (``average_tokens_across_devices``), so N processes x A accumulation steps x B examples give the update of one
+    process with N*A*B examples.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = defaultdict(int)
+        self._micro_batch_seeds: list[int] = []
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """The micro-batches of one optimisation step, with their seeds, their drawn random inputs, and the number
+        of predicted items in all of them over all processes."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        first = self.state.global_step * self.args.gradient_accumulation_steps
+        rank = self.args.process_index
+        self._micro_batch_seeds = [
+            position_seed(self.args.seed, rank, first + i, "forward") for i in range(len(batch_samples))
+        ]
+        draw = getattr(self.model, "draw_random_inputs", None)
+        if draw is not None:
+            for i, batch in enumerate(batch_samples):
+                with seeded_rng(position_seed(self.args.seed, rank, first + i, "inputs"), self.args.device):
+                    batch.update(draw(batch))
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        count = getattr(self.model, "num_items", None)
+        if count is None or not self.model_accepts_loss_kwargs or not batch_samples:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        counts = [count(batch) for batch in batch_samples]
+        if any(c is None for c in counts):
+            return None
+        total = torch.stack([torch.as_tensor(c, device=device) for c in counts]).sum()
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        seed = self._micro_batch_seeds.pop(0) if self._micro_batch_seeds else None
+        with seeded_rng(seed, self.args.device):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

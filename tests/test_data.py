@@ -249,3 +249,76 @@ def test_augmentation_follows_the_config():
     mean, std = torch.tensor(gray.image_mean)[:, None, None], torch.tensor(gray.image_std)[:, None, None]
     raw = gray_views[0] * std + mean
     torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+
+
+# --- several sources in one --dataset_name -----------------------------------------------------------------------
+
+
+def test_several_sources_are_concatenated_on_their_common_columns(tmp_path, image_folder):
+    import soundfile
+
+    from hf_ssl.errors import UsageError
+
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.csv"
+    first.write_text("".join(json.dumps({"text": f"one {i}", "id": i}) + "\n" for i in range(3)))
+    second.write_text("source,text\nwiki,two 0\nwiki,two 1\n")
+    for name in ([str(first), str(second)], f"{first},{second}", f"{first}, {second}"):
+        ds = load_data(name, default=None)
+        assert ds.column_names == ["text"] and ds["text"] == ["one 0", "one 1", "one 2", "two 0", "two 1"]
+    sliced = load_data([str(first), str(second)], "train[:1]", default=None)  # the split is taken from each source
+    assert sliced["text"] == ["one 0", "two 0"]
+    streamed = load_data(f"{first},{second}", streaming=True, default=None)
+    assert [row["text"] for row in streamed] == ["one 0", "one 1", "one 2", "two 0", "two 1"]
+    source = data_source(f"{first},{second}")
+    assert source == f"2 sources concatenated: local file {first}; local file {second}"
+    # an embedded set next to an image folder: their class labels become one ClassLabel, mapped by name
+    digits, folder = load_data("digits", "train[:2]"), load_data(str(image_folder), "train[:2]")
+    mixed = load_data(["digits", str(image_folder)], "train[:2]")
+    assert mixed.column_names == ["image", "label"] and len(mixed) == 4
+    assert mixed.features["label"].names == sorted([str(d) for d in range(10)] + ["cat", "dog"])
+    expected = [part.features["label"].int2str(i) for part in (digits, folder) for i in part["label"]]
+    assert [mixed.features["label"].int2str(i) for i in mixed["label"]] == expected
+    assert find_column(mixed, "image") == "image" and to_pil(mixed[3]["image"]).size == to_pil(folder[1]["image"]).size
+    # audio columns of different settings (here: sampling rates) become one undecoded Audio column
+    wave = io.BytesIO()
+    soundfile.write(wave, np.zeros(800, dtype=np.float32), 8000, format="WAV")
+    clip = datasets.Dataset.from_dict({"audio": [{"bytes": wave.getvalue(), "path": None}]})
+    for rate in (8000, 16000):
+        clip.cast_column("audio", datasets.Audio(sampling_rate=rate, decode=False)).save_to_disk(tmp_path / f"{rate}")
+    audio = load_data([str(tmp_path / "8000"), str(tmp_path / "16000")], default=None)
+    assert audio.features["audio"] == datasets.Audio(decode=False) and len(audio) == 2
+    with pytest.raises(UsageError, match=r"the sources share no column \(.*first.jsonl: text, id; .*: image, label\)"):
+        load_data([str(first), str(image_folder)], default=None)
+    with pytest.raises(UsageError, match="no such file or folder"):
+        load_data(f"{first},./missing.csv", default=None)
+
+
+def test_dataset_name_takes_several_values_a_comma_list_or_a_yaml_list(tmp_path):
+    from hf_ssl.cli import DataArguments, make_parser, parse
+
+    parser = make_parser(DataArguments)
+    assert parse(parser, ["--dataset_name", "a", "b"])[0].dataset_name == "a,b"
+    assert parse(parser, ["--dataset_name", "a,b"])[0].dataset_name == "a,b"
+    assert parse(parser, ["--dataset_name", "cifar10"])[0].dataset_name == "cifar10"
+    assert parse(parser, [])[0].dataset_name is None
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_name:\n  - ../shared/data/audio/fsdd\n  - ../shared/data/audio/asterisk_prompts\n")
+    data = parse(parser, ["--config", str(config)])[0]
+    assert data.dataset_name == "../shared/data/audio/fsdd,../shared/data/audio/asterisk_prompts"
+    assert parse(parser, ["--config", str(config), "--dataset_name", "x"])[0].dataset_name == "x"  # a flag wins
+    assert DataArguments(dataset_name=["a", "b"]).dataset_name == "a,b"
+
+
+def test_a_saved_dataset_takes_split_names_and_slices(tmp_path):
+    """A ``save_to_disk`` folder: a saved Dataset is one split, ``train``; a DatasetDict has its own; slices apply
+    (they were ignored, so evaluation could fit and score on the same rows)."""
+    from hf_ssl.errors import UsageError
+
+    rows = datasets.Dataset.from_dict({"x": list(range(40))})
+    rows.save_to_disk(tmp_path / "one")
+    datasets.DatasetDict({"train": rows, "test": rows.select(range(5))}).save_to_disk(tmp_path / "two")
+    assert load_data(str(tmp_path / "one"), "train[:30]")["x"] == list(range(30))
+    assert len(load_data(str(tmp_path / "two"), "test")) == 5
+    assert len(load_data(str(tmp_path / "two"), "train[:10%]+test")) == 9
+    with pytest.raises(UsageError, match=r"one: bad split 'test'.*its splits: \['train'\]"):
+        load_data(str(tmp_path / "one"), "test")

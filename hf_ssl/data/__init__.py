@@ -22,7 +22,9 @@ from hf_ssl.data.images import (
 )
 from hf_ssl.data.loading import (
     DEFAULT_DATASET,
+    concatenate_sources,
     data_source,
+    dataset_sources,
     find_column,
     find_label_column,
     load_data,
@@ -45,7 +47,9 @@ __all__ = [
     "SimCLRTransform",
     "UndecodableImageError",
     "check_images",
+    "concatenate_sources",
     "data_source",
+    "dataset_sources",
     "find_column",
     "find_label_column",
     "load_data",

@@ -183,7 +183,7 @@ def check_audio(
         shown = "\n  ".join(message for _, message in bad[:10])
         raise BadAudioError(
             f"{len(bad)} of {len(ds)} audio examples are unusable (rows {[row for row, _ in bad[:10]]}"
-            f"{', ...' if len(bad) > 10 else ''}):\n  {shown}\nFix or remove them, or pass --on_bad_example skip."
+            f"{', ...' if len(bad) > 10 else ''})\n  {shown}\nfix or remove them, or pass --on_bad_example skip"
         )
     logger.warning("skipping %d of %d unusable audio examples (rows %s)", len(bad), len(ds), [r for r, _ in bad[:20]])
     bad_rows = {row for row, _ in bad}

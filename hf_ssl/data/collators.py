@@ -16,6 +16,13 @@ from hf_ssl.data.images import to_pil
 logger = logging.getLogger(__name__)
 
 
+def position_seed(*parts: object) -> int:
+    """A 63-bit seed that is a fixed function of ``parts`` (e.g. ``(seed, rank, batch index, stream)``): the same
+    position in a run gets the same seed in every run and every resume, and no two positions share a stream."""
+    key = ":".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
 class SeededCollator:
     """Base of collators that draw random numbers (augmentations, masks): batch ``k`` of a run, on process ``rank``,
     draws them from the CPU generator seeded with ``(seed, rank, k)``, whatever the worker that builds it.
@@ -38,8 +45,7 @@ class SeededCollator:
         worker = get_worker_info()  # worker w of W builds batches w, w + W, w + 2W, ... of each pass
         offset = self._count if worker is None else worker.id + self._count * worker.num_workers
         self._count += 1
-        key = f"{self._seed}:{self._rank}:{self._start + offset}".encode()
-        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+        return position_seed(self._seed, self._rank, self._start + offset)
 
     @contextlib.contextmanager
     def batch_rng(self) -> Iterator[None]:

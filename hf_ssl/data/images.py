@@ -127,7 +127,7 @@ def check_images(
         shown = "\n  ".join(message for _, message in bad[:10])
         raise UndecodableImageError(
             f"{len(bad)} of {len(ds)} images cannot be decoded (rows {[row for row, _ in bad[:10]]}"
-            f"{', ...' if len(bad) > 10 else ''}):\n  {shown}\nFix or remove them, or pass --on_bad_image skip."
+            f"{', ...' if len(bad) > 10 else ''})\n  {shown}\nfix or remove them, or pass --on_bad_image skip"
         )
     logger.warning("skipping %d of %d undecodable images (rows %s)", len(bad), len(ds), [r for r, _ in bad[:20]])
     bad_rows = {row for row, _ in bad}

@@ -2,7 +2,8 @@
 
 ``load_data`` takes a Hub dataset id (``cifar10``), a local folder (an ``imagefolder`` / ``audiofolder`` tree, a folder
 of parquet/csv/json files, or a ``save_to_disk`` folder), a single data file, or nothing at all (the embedded
-default, which needs no download); for images also ``digit-scenes``, a harder set generated from the digits.
+default, which needs no download); for images also ``digit-scenes``, a harder set generated from the digits. Several
+sources (a list, or names separated by commas) are loaded one by one and concatenated on the columns they share.
 ``find_column`` picks the column a modality needs, by feature type or name.
 """
 
@@ -11,12 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import datasets
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    IterableDataset,
+    concatenate_datasets,
+    load_dataset,
+    load_dataset_builder,
+    load_from_disk,
+)
 from datasets.exceptions import DatasetGenerationError
 
 from hf_ssl.errors import UsageError
@@ -141,8 +151,20 @@ def register_embedded_dataset(name: str, loader: Callable[[str], Dataset]) -> No
     EMBEDDED_DATASETS[name] = loader
 
 
+def dataset_sources(dataset_name: str | Sequence[str] | None) -> list[str]:
+    """The sources ``dataset_name`` names: a list as given, or one string split at its commas (unless the whole
+    string is an existing path or an embedded dataset's name). ``None`` or ``""`` gives no source."""
+    if not dataset_name:
+        return []
+    if not isinstance(dataset_name, str):
+        return [source for name in dataset_name for source in dataset_sources(name)]
+    if "," not in dataset_name or os.path.exists(dataset_name) or dataset_name in EMBEDDED_DATASETS:
+        return [dataset_name]
+    return [name.strip() for name in dataset_name.split(",") if name.strip()]
+
+
 def load_data(
-    dataset_name: str | None,
+    dataset_name: str | Sequence[str] | None,
     split: str = "train",
     config_name: str | None = None,
     streaming: bool = False,
@@ -157,6 +179,11 @@ def load_data(
             (``imagefolder``-style tree, a folder of data files whose names carry the split, or a ``save_to_disk``
             folder); a single
             ``.parquet/.csv/.tsv/.json/.jsonl/.arrow/.txt`` file (its only split is ``train``); else a Hub id.
+            A folder of audio files (``audiofolder`` layout: flat, in class subfolders, or in split subfolders) is
+            read without torchcodec: its ``audio`` column is ``Audio(decode=False)``, decoded later by
+            :func:`hf_ssl.data.audio.decode_audio`. Several sources (a list, or a string of names separated by
+            commas) are each loaded as one would be, ``split`` taken from each, and concatenated on the columns
+            they all have (:func:`concatenate_sources`).
         split: split name, slices allowed where ``datasets`` allows them (``"train[:5000]"``).
         config_name: the Hub dataset's configuration.
         streaming: return an ``IterableDataset`` that reads lazily.
@@ -165,8 +192,14 @@ def load_data(
 
     Raises:
         UsageError: the split does not exist (the message lists those that do), the dataset is empty, or
-            ``dataset_name`` is neither a file, a folder nor a dataset the Hub (or the offline cache) has.
+            ``dataset_name`` is neither a file, a folder nor a dataset the Hub (or the offline cache) has; several
+            sources that share no column, or whose shared columns cannot be made one type.
     """
+    sources = dataset_sources(dataset_name)
+    if len(sources) > 1:
+        parts = [load_data(source, split, config_name, streaming, cache_dir, default) for source in sources]
+        return concatenate_sources(sources, parts)
+    dataset_name = sources[0] if sources else None
     if not dataset_name and default is None:
         raise UsageError("--dataset_name is required: there is no embedded default dataset for this data kind")
     default_name, default_loader = default or (None, None)
@@ -181,11 +214,13 @@ def load_data(
     try:
         if os.path.isdir(dataset_name) and _is_saved_dataset(dataset_name):
             saved = load_from_disk(dataset_name)
-            if isinstance(saved, DatasetDict):
-                if split not in saved:
-                    raise UsageError(f'Unknown split "{split}". Should be one of {list(saved)}.')
-                saved = saved[split]
+            # a saved Dataset is one split, called train (as a single data file is)
+            splits = dict(saved) if isinstance(saved, DatasetDict) else {"train": saved}
+            saved = select_split(splits, split, dataset_name)
             ds = saved.to_iterable_dataset() if streaming else saved
+        elif os.path.isdir(dataset_name) and (audio_files := _audio_folder_files(dataset_name)) is not None:
+            ds = _load_audio_folder(dataset_name, audio_files, split)
+            ds = ds.to_iterable_dataset() if streaming else ds
         elif os.path.isfile(dataset_name):
             builder = _FILE_BUILDERS.get(os.path.splitext(dataset_name)[1].lower())
             if builder is None:
@@ -231,9 +266,14 @@ def load_data(
     return ds
 
 
-def data_source(dataset_name: str | None, ds: Dataset | IterableDataset | None = None) -> str:
+def data_source(dataset_name: str | Sequence[str] | None, ds: Dataset | IterableDataset | None = None) -> str:
     """Where ``dataset_name`` was read from, in words: a local path (resolved), or a Hub id and the cache files it
-    was read from (offline, ``datasets`` may answer a Hub id from a cache another folder of that name left)."""
+    was read from (offline, ``datasets`` may answer a Hub id from a cache another folder of that name left); for
+    several sources, each of them."""
+    sources = dataset_sources(dataset_name)
+    if len(sources) > 1:
+        return f"{len(sources)} sources concatenated: " + "; ".join(data_source(source) for source in sources)
+    dataset_name = sources[0] if sources else None
     if not dataset_name:
         return "the embedded default dataset"
     if dataset_name in EMBEDDED_DATASETS and not os.path.exists(dataset_name):
@@ -248,6 +288,173 @@ def data_source(dataset_name: str | None, ds: Dataset | IterableDataset | None =
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         source += " (offline: only cached data could be used)"
     return source
+
+
+def concatenate_sources(names: Sequence[str], parts: Sequence[Dataset | IterableDataset]) -> Dataset | IterableDataset:
+    """One dataset of ``parts`` (loaded from ``names``), one after the other, on the columns they all have.
+
+    Columns of one kind but different settings are made one type: audio and image columns are cast to
+    ``Audio(decode=False)`` / ``Image(decode=False)`` (our code decodes them), class labels are merged into one
+    ``ClassLabel`` of all the names, other types are cast to the first source's.
+
+    Raises:
+        UsageError: the sources share no column, or a shared column cannot be cast to one type.
+    """
+    listed = ", ".join(names)
+    features = [part.features for part in parts]
+    if any(f is None for f in features):  # streamed data whose columns are known only once read
+        return concatenate_datasets(list(parts))
+    common = [name for name in features[0] if all(name in f for f in features[1:])]
+    if not common:
+        columns = "; ".join(f"{name}: {', '.join(f)}" for name, f in zip(names, features, strict=True))
+        raise UsageError(
+            f"--dataset_name {listed}: the sources share no column ({columns}); give them a common column name"
+        )
+    parts = [part.select_columns(common) for part in parts]
+    for column in common:
+        kinds = [part.features[column] for part in parts]
+        if all(kind == kinds[0] for kind in kinds[1:]):
+            continue
+        target = _common_feature(kinds)
+        try:
+            parts = [part if part.features[column] == target else _cast(part, column, target) for part in parts]
+        except (TypeError, ValueError, pa.ArrowException) as err:
+            types = ", ".join(f"{name}: {_type_name(kind)}" for name, kind in zip(names, kinds, strict=True))
+            raise UsageError(
+                f"--dataset_name {listed}: column {column!r} has types that do not combine ({types}): {err}"
+            ) from err
+    ds = concatenate_datasets(list(parts))
+    size = f"{len(ds)} rows" if isinstance(ds, Dataset) else "streamed"
+    logger.info("concatenated %d sources on the columns %s (%s): %s", len(parts), common, size, listed)
+    return ds
+
+
+def _common_feature(kinds: Sequence[Any]) -> Any:
+    """The one feature a column of these ``kinds`` becomes when concatenated."""
+    if all(isinstance(kind, datasets.Audio) for kind in kinds):
+        return datasets.Audio(decode=False)
+    if all(isinstance(kind, datasets.Image) for kind in kinds):
+        return datasets.Image(decode=False)
+    if all(isinstance(kind, ClassLabel) for kind in kinds):
+        return ClassLabel(names=sorted({name for kind in kinds for name in kind.names}))
+    return kinds[0]
+
+
+def _cast(ds: Dataset | IterableDataset, column: str, target: Any) -> Dataset | IterableDataset:
+    """``ds`` with ``column`` cast to ``target``; class labels are mapped by name, not by index."""
+    source = ds.features[column]
+    if isinstance(source, ClassLabel) and isinstance(target, ClassLabel):
+        mapping = {i: target.str2int(name) for i, name in enumerate(source.names)}
+        ds = ds.cast_column(column, datasets.Value("int64"))
+        ds = ds.map(lambda batch: {column: [mapping.get(i, i) for i in batch[column]]}, batched=True)
+    return ds.cast_column(column, target)
+
+
+def _audio_folder_files(path: str) -> dict[str, list[str]] | None:
+    """The files of each split, when ``path`` is a folder that ``datasets`` would read as an ``audiofolder``; else
+    ``None``. Nothing is read but the listing."""
+    audio_extensions = set(_audio_extensions())
+    has_audio = any(
+        os.path.splitext(name)[1].lower() in audio_extensions for _, _, names in os.walk(path) for name in names
+    )
+    if not has_audio:
+        return None
+    try:
+        builder = load_dataset_builder(path)
+    except Exception:  # let load_dataset give its own error
+        return None
+    if builder.name != "audiofolder":
+        return None
+    return {str(split): sorted(str(f) for f in files) for split, files in builder.config.data_files.items()}
+
+
+def _audio_extensions() -> list[str]:
+    from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
+
+    return AudioFolder.EXTENSIONS
+
+
+_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+
+
+def _load_audio_folder(path: str, files: dict[str, list[str]], split: str) -> Dataset:
+    """An ``audiofolder`` tree as ``datasets`` reads it (splits from file or folder names, ``label`` from class
+    subfolders, columns from ``metadata.csv/jsonl/parquet`` files keyed by ``file_name``), but with ``audio`` as
+    ``Audio(decode=False)``: ``datasets``' own reader encodes every clip through torchcodec, which a plain
+    ``pip install`` lacks.
+
+    Raises:
+        UsageError: ``split`` names a split the folder does not have, or a metadata file names no ``file_name``.
+    """
+    wanted = {re.sub(r"\[.*\]$", "", piece.strip()) for piece in split.split("+")}  # "train[:10%]+test" -> names
+    missing = sorted(wanted - set(files))
+    if missing:
+        raise UsageError(f"--dataset_name {path}: no split {missing[0]!r}; the folder has {sorted(files)}")
+    clips = [f for found in files.values() for f in _audio_only(found)]
+    # class labels from the parent folders, as datasets infers them: files at one depth, in at least two folders
+    labels = sorted({os.path.basename(os.path.dirname(f)) for f in clips})
+    use_labels = len(labels) > 1 and len({os.path.normpath(f).count(os.sep) for f in clips}) == 1
+    splits = {}
+    for name in sorted(wanted):
+        metadata = [f for f in files[name] if os.path.basename(f) in _METADATA_FILES]
+        if metadata:
+            ds = _audio_metadata(metadata)
+        else:
+            audio = _audio_only(files[name])
+            ds = Dataset.from_dict({"audio": audio})
+            if use_labels:
+                names = [os.path.basename(os.path.dirname(f)) for f in audio]
+                ds = ds.add_column("label", [labels.index(label) for label in names])
+                ds = ds.cast_column("label", ClassLabel(names=labels))
+        # a column of paths cast to the Audio type without datasets' encoder (which would import torchcodec)
+        splits[name] = ds.cast_column("audio", datasets.Audio(decode=False))
+    ds = select_split(splits, split, path)
+    logger.info("audio folder %s, split %r: %d clips, read without decoding", path, split, len(ds))
+    return ds
+
+
+def select_split(splits: dict[str, Dataset], split: str, source: str) -> Dataset:
+    """The rows of ``split`` (datasets' syntax: ``"train"``, ``"train[:500]"``, ``"test[:10%]+train"``) of
+    ``splits``.
+
+    Raises:
+        UsageError: a split ``source`` does not have, or a malformed slice; the message names both.
+    """
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in splits.items()})
+    except (ValueError, AssertionError, KeyError) as err:
+        raise UsageError(f"--dataset_name {source}: bad split {split!r} ({err}); its splits: {sorted(splits)}") from err
+    pieces = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
+    return pieces[0] if len(pieces) == 1 else concatenate_datasets(pieces)
+
+
+def _audio_only(found: list[str]) -> list[str]:
+    extensions = set(_audio_extensions())
+    return [f for f in found if os.path.splitext(f)[1].lower() in extensions]
+
+
+def _audio_metadata(metadata_files: list[str]) -> Dataset:
+    """The rows of ``metadata.*`` files, their ``file_name`` made a path (relative to the metadata file) in
+    ``audio``."""
+    import pandas as pd
+
+    frames = []
+    for metadata in metadata_files:
+        if metadata.endswith(".csv"):
+            frame = pd.read_csv(metadata)
+        elif metadata.endswith(".jsonl"):
+            frame = pd.read_json(metadata, lines=True)
+        else:
+            frame = pd.read_parquet(metadata)
+        key = "file_name" if "file_name" in frame else "audio_file_name"
+        if key not in frame:
+            raise UsageError(f"{metadata}: no 'file_name' column naming the audio file of each row")
+        folder = os.path.dirname(metadata)
+        audio = [os.path.join(folder, os.path.normpath(str(name))) for name in frame.pop(key)]
+        frame.insert(0, "audio", audio)
+        frames.append(frame)
+    ds = Dataset.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+    return ds.cast_column("audio", datasets.Value("string"))  # pandas' large_string does not cast to Audio
 
 
 def _is_saved_dataset(path: str) -> bool:

@@ -10,11 +10,13 @@
 - :func:`load_default_text`: an embedded English corpus, CPython's ``pydoc_data.topics`` (no download), and
   :func:`load_default_text_classification`, its sentences labelled by topic (the text evaluation task's default).
 - :class:`TextDataArguments` (the data flags every text objective shares) and the two steps built on them:
-  :func:`prepare_text_rows` (column, checks, cleaning) and :func:`resolve_tokenizer` (load, reuse or train one).
+  :func:`prepare_text_rows` (column, checks, cleaning) and :func:`resolve_tokenizer` (load, reuse or train one);
+  :func:`use_saved_tokenizer` points a run at a saved tokenizer (a resumed checkpoint's, the main process' copy).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import zlib
@@ -39,6 +41,13 @@ TOKENIZE_BATCH_SIZE = 1000
 
 REPLACEMENT_CHARACTER = "\ufffd"
 """What a byte that does not decode becomes when a file is read with ``errors="replace"``: a row holding it is bad."""
+NUL = "\x00"
+"""Never part of text: a row holding it comes from a binary file, or from UTF-16 read as UTF-8, and is bad."""
+
+
+def _is_bad_text(text: Any) -> bool:
+    """Whether a row's value is a string holding undecodable bytes (U+FFFD) or NUL characters."""
+    return isinstance(text, str) and (REPLACEMENT_CHARACTER in text or NUL in text)
 
 
 @dataclass
@@ -85,7 +94,8 @@ class TextDataArguments:
     on_bad_example: Literal["skip", "error"] = field(
         default="skip",
         metadata={
-            "help": "Rows that are not text (missing or non-string values, undecodable bytes read as U+FFFD): "
+            "help": "Rows that are not text (missing or non-string values, undecodable bytes read as U+FFFD, NUL "
+            "characters): "
             "'skip' drops and counts them; 'error' stops before training naming the first. Empty lines are "
             "always dropped and counted."
         },
@@ -158,13 +168,20 @@ def train_tokenizer(
     lowercase: bool = True,
     model_max_length: int = 512,
 ) -> PreTrainedTokenizerFast:
-    """Train a tokenizer on ``texts`` with the ``tokenizers`` library.
+    """Train a tokenizer on ``texts`` with the ``tokenizers`` library; the same texts give the same vocabulary.
 
     Both kinds add ``[CLS] ... [SEP]`` to each sequence (``[CLS] A [SEP] B [SEP]`` for pairs, segment ids 0/1) and
     know ``[PAD]``, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]`` (ids 0-4, in that order).
 
+    Determinism: the trainer breaks ties between equally frequent merges by the ids of the pieces, and its WordPiece
+    flavour numbers the ``##`` continuation pieces in the order it walks a hash map of the words, which Rust seeds at
+    random in every process; so two processes (or two calls) trained different vocabularies on the same text. Here the
+    continuation pieces are numbered beforehand (sorted, right after the special tokens), which leaves nothing to
+    chance (byte-level BPE knows every piece of its alphabet from the start and needs no help).
+
     Args:
-        texts: the training text, one string per line or document (any iterable, read once).
+        texts: the training text, one string per line or document (a sequence, or an iterator, which is read into a
+            list: WordPiece reads the text twice).
         vocab_size: the vocabulary size, special tokens included.
         kind: ``"wordpiece"``, BERT's (Unicode normalisation, optional lower-casing, punctuation split, ``##``
             continuation pieces); or ``"bpe"``, byte-level BPE as GPT-2/RoBERTa (no unknown tokens).
@@ -175,18 +192,30 @@ def train_tokenizer(
     Returns:
         A ``PreTrainedTokenizerFast`` (``save_pretrained`` writes ``tokenizer.json``; ``AutoTokenizer`` reloads it).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     check_choice("kind", kind, ("wordpiece", "bpe"))
     specials = [*SPECIAL_TOKENS.values(), MASK_TOKEN]
     # byte-level BPE starts from all 256 bytes; WordPiece from the characters it sees
     check_range("vocab_size", vocab_size, 16 if kind == "wordpiece" else 256 + len(specials))
     if kind == "wordpiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+        if iter(texts) is texts:  # an iterator: read twice below
+            texts = list(texts)
+        tokenizer = _wordpiece_pipeline(Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"])), lowercase)
+        continuation = _continuation_pieces(texts, tokenizer)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials + continuation,
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
+        # the continuation pieces were handed over as special tokens only to fix their ids: rebuild the tokenizer
+        # from the trained vocabulary with just the real special tokens
+        vocab = tokenizer.get_vocab(with_added_tokens=False)
+        model = models.WordPiece(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"], max_input_chars_per_word=100)
+        tokenizer = _wordpiece_pipeline(Tokenizer(model), lowercase)
+        tokenizer.add_special_tokens(specials)
     else:
         tokenizer = Tokenizer(models.BPE(unk_token=None))
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -196,8 +225,9 @@ def train_tokenizer(
             min_frequency=min_frequency,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
-    tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
+        tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -209,9 +239,46 @@ def train_tokenizer(
     )
 
 
+def _wordpiece_pipeline(tokenizer: Any, lowercase: bool) -> Any:
+    """``tokenizer`` (a ``tokenizers.Tokenizer`` of a WordPiece model) with BERT's normaliser, pre-tokenizer and
+    decoder."""
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _continuation_pieces(texts: Iterable[str], pipeline: Any) -> list[str]:
+    """The ``##c`` pieces WordPiece training adds: one per character that follows another within a word of the
+    normalised, pre-tokenised ``texts``, in code point order. The words are counted by a WordLevel trainer (the
+    ``tokenizers`` library's own fast, parallel pass over the text)."""
+    from tokenizers import Tokenizer, models, trainers
+
+    counter = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
+    counter.normalizer, counter.pre_tokenizer = pipeline.normalizer, pipeline.pre_tokenizer
+    counter.train_from_iterator(
+        _non_empty(texts), trainer=trainers.WordLevelTrainer(vocab_size=2**31 - 1, show_progress=False)
+    )
+    characters = {character for word in counter.get_vocab() for character in word[1:]}
+    return [f"##{character}" for character in sorted(characters)]
+
+
+MAX_TRAINING_WORD_CHARS = 100
+"""Longer runs of non-space characters are left out of tokenizer training: WordPiece reads such a word as one
+``[UNK]`` anyway (``max_input_chars_per_word``), and the trainers' merge loops take time quadratic in a word's length
+(a single word of 100,000 characters kept WordPiece training busy for 22 s on a 2-core machine)."""
+_OVERLONG_WORD = re.compile(rf"\S{{{MAX_TRAINING_WORD_CHARS + 1},}}")
+
+
 def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+    """The texts a tokenizer trains on: blank ones left out, and words longer than :data:`MAX_TRAINING_WORD_CHARS`
+    cut out of the others."""
     for text in texts:
         if text and text.strip():
+            if _OVERLONG_WORD.search(text):
+                text = _OVERLONG_WORD.sub(" ", text)
             yield text
 
 
@@ -295,7 +362,8 @@ def prepare_text_rows(ds: Dataset, args: TextDataArguments) -> tuple[Dataset, st
 
     Returns:
         ``(dataset, text column, number of rows dropped)``: rows holding undecodable bytes (U+FFFD, see
-        :data:`REPLACEMENT_CHARACTER`) with ``on_bad_example="skip"``, and empty / whitespace-only / missing ones.
+        :data:`REPLACEMENT_CHARACTER`) or NUL characters with ``on_bad_example="skip"``, and empty / whitespace-only
+        / missing ones.
 
     Raises:
         UsageError: no text column (the message lists the columns), a streamed dataset, a bad row with
@@ -311,16 +379,18 @@ def prepare_text_rows(ds: Dataset, args: TextDataArguments) -> tuple[Dataset, st
             index, text = bad
             raise UsageError(
                 f"row {index} of column {column!r} (line {index + 1} of a text file) holds bytes that did not decode "
-                f"(U+FFFD): {text[:60]!r}; fix the file's encoding or pass --on_bad_example skip"
+                f"(U+FFFD) or NUL characters: {text[:60]!r}; fix the file's encoding or pass --on_bad_example skip"
             )
         before = len(ds)
         ds = ds.filter(
-            lambda batch: [not (isinstance(t, str) and REPLACEMENT_CHARACTER in t) for t in batch[column]],
+            lambda batch: [not _is_bad_text(t) for t in batch[column]],
             batched=True,
             desc="Dropping rows with undecodable bytes",
         )
         skipped = before - len(ds)
-        logger.warning("skipped %d of %d rows whose %r holds undecodable bytes (U+FFFD)", skipped, before, column)
+        logger.warning(
+            "skipped %d of %d rows whose %r holds undecodable bytes (U+FFFD) or NUL characters", skipped, before, column
+        )
     ds, empty = clean_text_column(ds, column)
     if len(ds) == 0:
         raise UsageError(f"column {column!r} holds no text: all {skipped + empty} rows are empty or unusable")
@@ -331,7 +401,7 @@ def _first_bad_row(ds: Dataset, column: str) -> tuple[int, str] | None:
     offset = 0
     for batch in ds.select_columns([column]).iter(batch_size=TOKENIZE_BATCH_SIZE):
         for i, text in enumerate(batch[column]):
-            if isinstance(text, str) and REPLACEMENT_CHARACTER in text:
+            if _is_bad_text(text):
                 return offset + i, text
         offset += len(batch[column])
     return None
@@ -374,11 +444,16 @@ def resolve_tokenizer(
             args.tokenizer_kind,
             args.vocab_size,
         )
-    texts = (
-        text for batch in ds.select_columns([column]).iter(batch_size=TOKENIZE_BATCH_SIZE) for text in batch[column]
-    )
+    texts = ds[column]  # a lazy column, read as often as the training needs, never held as a whole in memory
     tokenizer = train_tokenizer(texts, args.vocab_size, kind=args.tokenizer_kind, model_max_length=args.max_seq_length)
     return tokenizer, f"a {args.tokenizer_kind} tokenizer of {len(tokenizer)} pieces trained on the training text"
+
+
+def use_saved_tokenizer(args: TextDataArguments, folder: str) -> TextDataArguments:
+    """``args`` that make :func:`resolve_tokenizer` load the tokenizer saved in ``folder`` (the checkpoint a run
+    resumes from, or the copy the main process saved for the others) rather than train or choose one: a text
+    objective's :attr:`~hf_ssl.objectives.Objective.use_saved_processor`."""
+    return dataclasses.replace(args, tokenizer_name=str(folder), train_tokenizer=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------

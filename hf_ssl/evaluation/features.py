@@ -21,6 +21,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from hf_ssl.backbones import check_checkpoint_path, load_backbone
 from hf_ssl.backbones.transformers import masked_mean
+from hf_ssl.checkpoints import check_weights
 from hf_ssl.data.loading import Modality
 from hf_ssl.errors import UsageError
 from hf_ssl.export.sentence_transformers import read_pooling
@@ -124,9 +125,11 @@ def load_features(model_name_or_path: str) -> tuple[PreTrainedModel, FeatureSpec
     """A checkpoint's backbone (eval mode) and how evaluation reads its features.
 
     Raises:
-        UsageError: no checkpoint there, one that evaluation cannot read, or one that lacks weights it reads.
+        UsageError: no checkpoint there, one that evaluation cannot read, one whose ``model.safetensors`` is
+            truncated or corrupt (named before anything is loaded), or one that lacks weights it reads.
     """
     path = check_checkpoint_path(model_name_or_path)
+    check_weights(path, what="--model_name_or_path")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:

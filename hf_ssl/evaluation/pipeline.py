@@ -54,13 +54,15 @@ def _encode_labels(train: Dataset, test: Dataset, column: str, splits: tuple[str
     """Both splits with integer labels in ``[0, num_classes)`` (names mapped to ids), and ``num_classes``.
 
     Raises:
-        ValueError: labels that are neither class ids nor names, or negative ids (unlabelled rows).
+        UsageError: labels that are neither class ids nor names, negative ids (unlabelled rows), or a training split
+            of a single class.
     """
     feature = train.features[column]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         names = sorted({str(v) for v in train[column]} | {str(v) for v in test[column]})
         logger.info("label column %r holds names: ids 0..%d in sorted order", column, len(names) - 1)
         train, test = (ds.cast_column(column, ClassLabel(names=names)) for ds in (train, test))
+        _check_classes(train, column, splits[0])
         return train, test, len(names)
     num_classes = feature.num_classes if isinstance(feature, ClassLabel) else 0
     for ds, split in zip((train, test), splits, strict=True):
@@ -77,7 +79,23 @@ def _encode_labels(train: Dataset, test: Dataset, column: str, splits: tuple[str
                 f"{column!r} (unlabelled rows); evaluate on a labelled split"
             )
         num_classes = max(num_classes, int(labels.max()) + 1)
+    _check_classes(train, column, splits[0])
     return train, test, num_classes
+
+
+def _check_classes(train: Dataset, column: str, split: str) -> None:
+    """Raise :class:`UsageError` unless the training split holds at least two classes: with one, kNN and the probe
+    can only answer that class, and would report 100% accuracy on any test split of it."""
+    present = sorted(set(train[column]))
+    if len(present) < 2:
+        feature = train.features[column]
+        if not present:
+            raise UsageError(f"split {split!r} has no rows to fit kNN and the linear probe on")
+        shown = feature.int2str(present[0]) if isinstance(feature, ClassLabel) else present[0]
+        raise UsageError(
+            f"split {split!r}: label column {column!r} holds a single class ({shown!r}) in all {len(train)} rows; "
+            "kNN and linear-probe accuracy need at least two classes"
+        )
 
 
 def _protocols(

@@ -20,6 +20,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from hf_ssl.callbacks import RunInfo
+from hf_ssl.checkpoints import check_weights
 from hf_ssl.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,20 @@ def check_export(model_dir: str | os.PathLike, output_dir: str | os.PathLike) ->
 
 
 def _resolve(model_dir: Path, output_dir: Path) -> tuple[PretrainedConfig, Exporter]:
+    """The checkpoint's config and exporter, once the checkpoint is readable (its config parses, its
+    ``model.safetensors`` is whole) and ``output_dir`` may be written.
+
+    Raises:
+        UsageError: naming the folder or file at fault.
+    """
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"{model_dir}: not a checkpoint folder (no config.json)")
-    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"{model_dir / 'config.json'}: cannot read the checkpoint's config: {first_line}") from error
+    check_weights(model_dir, what="checkpoint")
     exporter = EXPORTERS.get(config.model_type)
     if exporter is None:
         raise UsageError(

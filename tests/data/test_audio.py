@@ -210,3 +210,110 @@ def test_real_fsdd_clips_decode_and_check():
     wave = decode_audio(checked[0]["audio"], 16000)  # 8 kHz recordings, resampled
     raw, rate = soundfile.read(io.BytesIO(checked[0]["audio"]["bytes"]))
     assert rate == 8000 and len(wave) == 2 * len(raw)
+
+
+# --- a plain folder of clips (the audiofolder layout users have), read without torchcodec ---------------------------
+
+
+@pytest.fixture
+def no_torchcodec(monkeypatch):
+    """``import torchcodec`` fails, as after a plain ``pip install`` (datasets' audio encoder and decoder need it)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+
+
+def write_clips(folder: Path, names: list[str], seconds: float = 0.5) -> list[Path]:
+    paths = []
+    for i, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(
+            path, tone(seconds, RATE, 200.0 + 50 * i), RATE, format="FLAC" if name.endswith(".flac") else "WAV"
+        )
+        paths.append(path)
+    return paths
+
+
+def test_audio_folder_loads_without_torchcodec(tmp_path, no_torchcodec):
+    from datasets import ClassLabel
+
+    from hf_ssl.data import find_column, load_data
+
+    flat = tmp_path / "flat"
+    clips = write_clips(flat, ["a.wav", "b.flac", "c.wav"])
+    (flat / "README.txt").write_text("not a clip: ignored, as datasets' audiofolder does")
+    ds = load_data(str(flat))
+    assert ds.column_names == ["audio"] and ds.features["audio"] == Audio(decode=False)
+    assert find_column(ds, "audio") == "audio" and [row["path"] for row in ds["audio"]] == [str(p) for p in clips]
+    wave = decode_audio(ds[1]["audio"], RATE)  # the FLAC clip, read by soundfile
+    assert len(wave) == RATE // 2 and np.allclose(wave, tone(0.5, RATE, 250.0), atol=1e-3)
+
+    classes = tmp_path / "classes"  # class subfolders: a label, as datasets infers it
+    write_clips(classes, ["yes/1.wav", "yes/2.wav", "no/1.wav"])
+    ds = load_data(str(classes))
+    assert ds.features["label"] == ClassLabel(names=["no", "yes"])
+    assert [(Path(row["path"]).parent.name, label) for row, label in zip(ds["audio"], ds["label"], strict=True)] == [
+        ("no", 0),
+        ("yes", 1),
+        ("yes", 1),
+    ]
+
+    splits = tmp_path / "splits"  # split folders above the class folders, slices as datasets takes them
+    write_clips(splits, ["train/yes/1.wav", "train/no/1.wav", "train/no/2.wav", "test/yes/1.wav", "test/no/1.wav"])
+    assert len(load_data(str(splits), "train")) == 3 and len(load_data(str(splits), "test")) == 2
+    both = load_data(str(splits), "train[:1]+test[-1:]")
+    assert [Path(row["path"]).relative_to(splits).as_posix() for row in both["audio"]] == [
+        "train/no/1.wav",
+        "test/yes/1.wav",
+    ]
+    assert load_data(str(splits), "test", streaming=True).features["audio"] == Audio(decode=False)
+    with pytest.raises(UsageError, match=r"no split 'validation'; the folder has \['test', 'train'\]"):
+        load_data(str(splits), "validation")
+
+
+def test_audio_folder_metadata_file_adds_its_columns(tmp_path, no_torchcodec):
+    from hf_ssl.data import load_data
+
+    write_clips(tmp_path, ["clips/a.wav", "clips/b.wav"])
+    (tmp_path / "metadata.csv").write_text("file_name,transcript\nclips/b.wav,bee\nclips/a.wav,ay\n")
+    ds = load_data(str(tmp_path))
+    assert ds.column_names == ["audio", "transcript"] and ds["transcript"] == ["bee", "ay"]
+    assert Path(ds[0]["audio"]["path"]) == tmp_path / "clips" / "b.wav" and len(decode_audio(ds[0]["audio"], RATE))
+
+
+TINY_WAV2VEC_FLAGS = [
+    "--backbone", '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, '
+    '"conv_dim": [16, 16, 16, 16], "conv_kernel": [10, 3, 3, 3], "conv_stride": [5, 2, 2, 2], '
+    '"num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}',
+    "--sampling_rate", "8000", "--max_duration_seconds", "1", "--num_codevectors_per_group", "16",
+    "--codevector_dim", "16", "--proj_codevector_dim", "16", "--num_negatives", "10",
+    "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_strategy", "no", "--report_to", "none",
+    "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def test_pretraining_on_a_folder_of_clips_names_then_skips_the_bad_ones(tmp_path, capsys, no_torchcodec):
+    import json
+
+    from hf_ssl.cli import main
+
+    folder = tmp_path / "my_clips"
+    write_clips(folder, [f"speaker{i % 2}/clip{i}.wav" for i in range(6)], seconds=1.0)
+    (folder / "speaker0" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    soundfile.write(folder / "speaker1" / "click.wav", tone(0.001, RATE), RATE)  # 8 samples: below the receptive field
+    run = tmp_path / "run"
+    argv = ["pretrain", "wav2vec", "--dataset_name", f"{folder}/", *TINY_WAV2VEC_FLAGS, "--output_dir", str(run)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "hf-ssl: error: 2 of 8 audio examples are unusable" in error
+    assert "cannot decode the audio at row" in error and "broken.wav" in error
+    assert "is too short: 8 samples" in error and "click.wav" in error and "--on_bad_example skip" in error
+    assert "torchcodec" not in error
+
+    main([*argv, "--on_bad_example", "skip"])
+    assert (run / "model.safetensors").is_file() and (run / "preprocessor_config.json").is_file()
+    info = json.loads((run / "hf_ssl_run.json").read_text())
+    assert info["num_examples"] == 6 and info["num_skipped"] == 2 and info["global_step"] == 1
+    assert info["columns"] == {"audio": "audio"} and info["dataset_source"] == f"local folder {folder}"

@@ -44,6 +44,9 @@ class TestMAEObjective(ObjectiveChecks):
     def tiny_config(self):
         return MAEConfig(**TINY)
 
+    def pretrain_flags(self):
+        return [*TINY_FLAGS, "--per_device_train_batch_size", "8"]
+
     def batch(self, config):
         generator = torch.Generator().manual_seed(0)
         num_patches = (config.image_size // config.patch_size) ** 2

@@ -526,3 +526,112 @@ def test_export_fine_tunes_with_the_plain_transformers_trainer(tmp_path):
     folder = save_encoder_export(perturb(tiny_model()), tokenizer(), tmp_path / "export")
     stdout = run_without_hf_ssl(_FINE_TUNE, str(folder), str(SUPERSENSE), str(tmp_path / "run"), cwd=tmp_path)
     assert "fine-tuned" in stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The head's decoder, tied to the input embeddings (transformers' tying): training, checkpoints, resizing
+# ---------------------------------------------------------------------------------------------------------------------
+
+# the head's tensors in every checkpoint, those written before the head had a decoder module included
+SAVED_HEAD_KEYS = {
+    "lm_head.dense.weight",
+    "lm_head.dense.bias",
+    "lm_head.layer_norm.weight",
+    "lm_head.layer_norm.bias",
+    "lm_head.bias",
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_decoder_is_the_input_embedding_matrix(family):
+    model = tiny_model(family)
+    embeddings = model.get_input_embeddings()
+    assert model.get_output_embeddings() is model.lm_head.decoder
+    assert model.lm_head.decoder.weight is embeddings.weight
+    assert model.all_tied_weights_keys == {"lm_head.decoder.weight": "mlm.encoder.embeddings.word_embeddings.weight"}
+    assert len(list(model.parameters())) == len(dict(model.named_parameters(remove_duplicate=False))) - 1
+
+
+def test_training_steps_match_bert_for_masked_lm_step_for_step():
+    """Same weights, same masked batches, AdamW on both: the losses and the weights stay BertForMaskedLM's, so the
+    embedding matrix gets the same gradient through its two uses (input lookup and output projection)."""
+    bert_config = BertConfig(**{k: v for k, v in TINY["bert"].items() if k != "model_type"})
+    reference = perturb(BertForMaskedLM(bert_config)).eval()  # eval: no dropout, both compute the same function
+    ours = tiny_model().eval()
+    ours.load_masked_lm(reference)
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (reference, ours)]
+    for step in range(4):
+        batch = masked_batch(seed=step)
+        losses = [model(**batch).loss for model in (reference, ours)]
+        torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0, msg=f"step {step}")
+        for loss, optimizer in zip(losses, optimizers, strict=True):
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    state = reference.state_dict()
+    assert not torch.equal(ours.lm_head.bias, torch.zeros_like(ours.lm_head.bias))  # the steps moved the weights
+    for name, value in ours.mlm.encoder.state_dict().items():
+        torch.testing.assert_close(value, state[f"bert.{name}"], atol=1e-5, rtol=0, msg=name)
+    torch.testing.assert_close(ours.lm_head.bias, state["cls.predictions.bias"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ours.lm_head.dense.weight, state["cls.predictions.transform.dense.weight"], atol=1e-5, rtol=0
+    )
+
+
+def test_checkpoints_hold_the_tied_matrix_once_and_older_checkpoints_still_load(tmp_path):
+    batch = masked_batch()
+    model = perturb(tiny_model()).eval()
+    model.save_pretrained(tmp_path / "new")
+    saved = load_file(tmp_path / "new" / "model.safetensors")
+    assert {k for k in saved if k.startswith("lm_head.")} == SAVED_HEAD_KEYS  # no decoder: the embeddings hold it
+    assert set(saved) == set(model.state_dict()) - {"lm_head.decoder.weight"}
+
+    # a checkpoint as the head wrote them before it had a decoder: the same config, these tensors and names only
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("lm_head.decoder.")}
+    model.config.save_pretrained(tmp_path / "old")
+    save_file(tensors, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = MLMForPreTraining.from_pretrained(tmp_path / "old", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert loaded.lm_head.decoder.weight is loaded.get_input_embeddings().weight
+    # and through torch's load_state_dict (the Trainer's resume), strict: the decoder is read from the embeddings
+    fresh = tiny_model()
+    fresh.load_state_dict(load_file(tmp_path / "old" / "model.safetensors"))
+    assert fresh.lm_head.decoder.weight is fresh.get_input_embeddings().weight
+    with torch.no_grad():
+        expected = model(**batch).loss
+        torch.testing.assert_close(loaded.eval()(**batch).loss, expected)
+        torch.testing.assert_close(fresh.eval()(**batch).loss, expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resize_token_embeddings_for_a_larger_tokenizer_the_head_follows(family, tmp_path):
+    model = perturb(tiny_model(family)).eval()
+    bias = model.lm_head.bias.detach().clone()
+    size = VOCAB + 13
+    model.resize_token_embeddings(size, mean_resizing=False)
+    assert model.get_input_embeddings().weight.shape[0] == size == model.config.encoder.vocab_size
+    assert model.lm_head.decoder.weight is model.get_input_embeddings().weight
+    assert model.lm_head.decoder.out_features == size and model.lm_head.bias.shape == (size,)
+    torch.testing.assert_close(model.lm_head.bias[:VOCAB], bias)  # the old tokens keep their bias, new ones start at 0
+    assert torch.all(model.lm_head.bias[VOCAB:] == 0)
+    assert "vocab_size" not in model.config.to_dict()  # only the encoder config has one
+
+    batch = masked_batch()
+    batch.pop("token_type_ids", None)
+    batch["input_ids"][:, 1] = VOCAB + 4  # a new token in the input ...
+    batch["labels"][:, 2] = VOCAB + 7  # ... and one to predict
+    out = model(**batch)
+    assert out.logits.shape == (int((batch["labels"] != -100).sum()), size)
+    out.loss.backward()
+    new_rows = model.get_input_embeddings().weight.grad[VOCAB:]
+    assert new_rows.abs().sum(dim=1).gt(0).all()  # every new row is learnt (as an output at least)
+
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        again = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(again(**batch).loss, out.loss)
+        torch.testing.assert_close(model.to_masked_lm().eval()(**batch).loss, out.loss, atol=1e-5, rtol=0)
+
+    encoder = AutoModel.from_config(MLMConfig(encoder=dict(TINY[family])))
+    encoder.resize_token_embeddings(size)
+    assert encoder.config.encoder.vocab_size == size and encoder.get_output_embeddings() is None

@@ -142,6 +142,10 @@ class TestSimCLRObjective(ObjectiveChecks):
             backbone="convnext_atto", small_image_stem=True, image_size=32, projection_hidden_dim=32, projection_dim=16
         )
 
+    def pretrain_flags(self):
+        return ["--backbone", "convnext_atto", "--small_image_stem", "--image_size", "32", "--projection_hidden_dim",
+                "32", "--projection_dim", "16", "--per_device_train_batch_size", "8"]  # fmt: skip
+
     def batch(self, config):
         generator = torch.Generator().manual_seed(0)
         return {"pixel_values": torch.randn(6, 2, 3, 32, 32, generator=generator)}

@@ -97,6 +97,11 @@ class TestSimCSEObjective(ObjectiveChecks):
     def tiny_config(self):
         return tiny_config()
 
+    def pretrain_flags(self):
+        encoder = {key: value for key, value in TINY_ENCODER.items() if key != "vocab_size"}
+        return ["--encoder", json.dumps(encoder), "--vocab_size", "200", "--max_seq_length", "32",
+                "--per_device_train_batch_size", "8"]  # fmt: skip
+
     def batch(self, config):
         return sentence_batch()
 
@@ -588,3 +593,30 @@ def test_sentence_transformers_export_gives_the_same_vectors_without_hf_ssl(tmp_
             assert not info["missing_keys"]
             with torch.no_grad():
                 torch.testing.assert_close(plain(**inputs).pooler_output, model.mlp(ours), rtol=0, atol=1e-5)
+
+
+def test_resume_uses_the_tokenizer_saved_in_the_checkpoint(tmp_path, monkeypatch):
+    """--resume_from_checkpoint true with the default tokenizer (trained on the text): the resumed run loads the one
+    saved in the checkpoint and trains none, so the checkpoint's embeddings fit its vocabulary."""
+    from transformers import AutoTokenizer
+
+    import hf_ssl.data.text
+    from hf_ssl.cli import main
+
+    encoder = {key: value for key, value in TINY_ENCODER.items() if key != "vocab_size"}
+    out = tmp_path / "run"
+    run = ["pretrain", "simcse", "--encoder", json.dumps(encoder), "--max_seq_length", "32"]
+    run += ["--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"]
+    run += ["--save_strategy", "steps", "--save_steps", "1", "--output_dir", str(out)]
+    main([*run, "--max_steps", "1"])
+    saved = AutoTokenizer.from_pretrained(out / "checkpoint-1")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a resumed run trained a new tokenizer")
+
+    monkeypatch.setattr(hf_ssl.data.text, "train_tokenizer", no_training)
+    main([*run, "--max_steps", "2", "--resume_from_checkpoint", "true"])
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    resumed = AutoTokenizer.from_pretrained(out)
+    assert resumed.get_vocab() == saved.get_vocab() and resumed.model_max_length == 32
+    assert SimCSEConfig.from_pretrained(out).encoder.vocab_size == len(saved)

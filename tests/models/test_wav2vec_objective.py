@@ -72,6 +72,9 @@ class TestWav2VecObjective(ObjectiveChecks):
     def tiny_config(self):
         return tiny_config()
 
+    def pretrain_flags(self):
+        return [*TINY_FLAGS, "--per_device_train_batch_size", "4"]
+
     def batch(self, config):
         generator = torch.Generator().manual_seed(0)
         input_values = torch.randn(2, RATE, generator=generator)

@@ -30,7 +30,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.masking import random_patch_masking
+from hf_ssl.losses import mean_over_items
+from hf_ssl.masking import num_visible_patches, random_patch_masking
 from hf_ssl.models.mae.configuration_mae import MAEConfig
 
 # Every structural argument is passed explicitly (timm_model_args), so the name only selects timm's
@@ -299,6 +300,8 @@ class MAEModel(MAEPreTrainedModel):
 class MAEForPreTraining(MAEPreTrainedModel):
     """MAE pretraining: encode a random subset of the patches, reconstruct the pixels of the others."""
 
+    accepts_loss_kwargs = True  # the Trainer passes num_items_in_batch: the loss is a mean over the whole step
+
     def __init__(self, config: MAEConfig):
         super().__init__(config)
         self.mae = MAEModel(config)
@@ -368,7 +371,13 @@ class MAEForPreTraining(MAEPreTrainedModel):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
-    def forward_loss(self, pixel_values: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_loss(
+        self,
+        pixel_values: torch.Tensor,
+        pred: torch.Tensor,
+        mask: torch.Tensor,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         """Mean squared error per patch, averaged over the removed patches only (paper sec. 3, "Reconstruction
         target").
 
@@ -376,26 +385,38 @@ class MAEForPreTraining(MAEPreTrainedModel):
             pixel_values: ``(B, C, H, W)``.
             pred: ``(B, L, p*p*C)``.
             mask: ``(B, L)``, 1 = removed.
+            num_items_in_batch: removed patches in the whole optimisation step (see
+                :func:`~hf_ssl.losses.mean_over_items`); ``None``: this batch's.
         """
-        per_patch = (pred - self.target(pixel_values)).pow(2).mean(dim=-1)  # (B, L)
-        return (per_patch * mask).sum() / mask.sum()
+        mask = mask.float()  # fp32 under autocast too: bf16 counts integers exactly only up to 256
+        per_patch = (pred.float() - self.target(pixel_values.float())).pow(2).mean(dim=-1)  # (B, L), fp32
+        return mean_over_items((per_patch * mask).sum(), mask.sum(), num_items_in_batch)
+
+    def num_items(self, batch: dict[str, Any]) -> int:
+        """The patches this batch reconstructs: the same number in every image."""
+        num_patches = (self.config.image_size // self.config.patch_size) ** 2
+        masked = num_patches - num_visible_patches(num_patches, self.config.mask_ratio)
+        return batch["pixel_values"].shape[0] * masked
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ) -> MAEForPreTrainingOutput | tuple[torch.Tensor, ...]:
         """Args:
         pixel_values: ``(B, C, H, W)`` normalised images of ``config.image_size``.
         noise: ``(B, L)`` optional; its argsort decides which patches are kept (the smallest), as in ViTMAE.
         return_dict: return a tuple ``(loss, logits, mask, ids_restore)`` when ``False``.
+        num_items_in_batch: removed patches in the whole optimisation step, which the summed error is divided by
+            (the Trainer passes it); ``None``: the mean over this batch.
         kwargs: ignored (e.g. what a Trainer passes along).
         """
         latent, mask, ids_restore = self.forward_encoder(pixel_values, noise)
         pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
-        loss = self.forward_loss(pixel_values, pred, mask)
+        loss = self.forward_loss(pixel_values, pred, mask, num_items_in_batch)
         if return_dict is False or (return_dict is None and not self.config.return_dict):
             return loss, pred, mask, ids_restore
         return MAEForPreTrainingOutput(loss=loss, logits=pred, mask=mask, ids_restore=ids_restore)

@@ -33,6 +33,7 @@ from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.transformers import TextEncoderPreTrainedModel, create_encoder, masked_mean
 from hf_ssl.errors import UsageError
+from hf_ssl.losses import mean_over_items
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 
 IGNORE_INDEX = -100
@@ -127,8 +128,16 @@ class MLMForPreTrainingOutput(ModelOutput):
 
 
 class MLMPredictionHead(nn.Module):
-    """BERT's MLM head: dense -> activation -> LayerNorm, then the output projection whose weight IS the input
-    embedding matrix (tied by construction: the embedding weight is passed in, never copied), plus a bias.
+    """BERT's MLM head: dense -> activation -> LayerNorm, then the output projection ``decoder`` plus a per-token
+    bias, as transformers' ``BertLMPredictionHead``.
+
+    The decoder's weight is the input embedding matrix: :class:`MLMForPreTraining` declares the tie
+    (``_tied_weights_keys``) and transformers' ``tie_weights`` makes ``decoder.weight`` the embeddings' own parameter.
+    The projection runs inside this module, so a wrapper that gathers a module's parameters around its forward (FSDP)
+    gathers the embedding matrix for it. The bias is this module's own parameter, added after the decoder (the
+    checkpoint name ``lm_head.bias`` is unchanged). ``BertLMPredictionHead`` instead ties it to ``decoder.bias``: one
+    parameter in two modules that Accelerate's FSDP2 wrapping puts in two units, which torch refuses ("shared with a
+    parameter already managed by another FSDP group", as ``BertForMaskedLM`` itself does under that wrapping).
 
     Args:
         hidden_size: encoder width H.
@@ -142,12 +151,23 @@ class MLMPredictionHead(nn.Module):
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.activation = ACT2FN[hidden_act]
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)  # weight tied to the input embeddings (V, H)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, hidden_states: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
-        """``hidden_states (..., H)``, ``embedding_weight (V, H)`` -> logits ``(..., V)``."""
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``hidden_states (..., H)`` -> logits ``(..., V)``."""
         hidden_states = self.layer_norm(self.activation(self.dense(hidden_states)))
-        return F.linear(hidden_states, embedding_weight, self.bias)
+        return self.decoder(hidden_states) + self.bias
+
+    def resize_bias(self, vocab_size: int) -> None:
+        """Give the bias ``vocab_size`` entries: the first ones keep their values, new ones start at zero."""
+        old = self.bias
+        if old.shape[0] == vocab_size:
+            return
+        new = torch.zeros(vocab_size, dtype=old.dtype, device=old.device)
+        kept = min(vocab_size, old.shape[0])
+        new[:kept] = old.detach()[:kept]
+        self.bias = nn.Parameter(new, requires_grad=old.requires_grad)
 
 
 class MLMPreTrainedModel(TextEncoderPreTrainedModel):
@@ -166,6 +186,21 @@ class MLMPreTrainedModel(TextEncoderPreTrainedModel):
             init.ones_(module.layer_norm.weight)
             init.zeros_(module.layer_norm.bias)
             init.zeros_(module.bias)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' ``resize_token_embeddings`` (the MLM head, tied to the embeddings, follows them), with the
+        new size written to ``config.encoder.vocab_size``, where the encoder is rebuilt from.
+
+        transformers writes it to ``config.get_text_config()``, which for this composite config is the top level.
+        """
+        had_top_level_size = "vocab_size" in self.config.__dict__
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.encoder.vocab_size = embeddings.num_embeddings
+        if not had_top_level_size:
+            self.config.__dict__.pop("vocab_size", None)
+        return embeddings
 
 
 class MLMModel(MLMPreTrainedModel):
@@ -208,9 +243,15 @@ class MLMForPreTraining(MLMPreTrainedModel):
     The vocabulary projection (the costly part: ``H x V`` per position) runs only on the labelled positions when
     ``config.sparse_prediction`` is set (the default): the loss and gradients are those of projecting every position
     and ignoring the unlabelled ones, at ~15% of the cost.
+
+    The head's decoder is tied to the input embeddings the way transformers ties ``BertForMaskedLM``'s:
+    ``_tied_weights_keys`` names the pair, ``get_output_embeddings`` returns the decoder, and ``tie_weights`` (run by
+    ``post_init``, ``from_pretrained`` and ``resize_token_embeddings``) makes them one parameter. Saved checkpoints
+    hold the matrix once, under the embeddings' name, as they did before the decoder existed.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+    accepts_loss_kwargs = True  # the Trainer passes num_items_in_batch: the loss is a mean over the whole step
 
     def __init__(self, config: MLMConfig):
         super().__init__(config)
@@ -222,7 +263,39 @@ class MLMForPreTraining(MLMPreTrainedModel):
             _head_activation(encoder_config),
             _head_layer_norm_eps(encoder_config),
         )
+        # the embeddings' parameter name depends on the family (BERT, DistilBERT: embeddings.word_embeddings)
+        self._tied_weights_keys = {"lm_head.decoder.weight": self._input_embedding_weight_name()}
         self.post_init()
+
+    def _input_embedding_weight_name(self) -> str:
+        embeddings = self.get_input_embeddings()
+        return next(f"{name}.weight" for name, module in self.named_modules() if module is embeddings)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
+        """transformers' tied-weight mapping; for this model alone, the decoder -> embeddings tie, always.
+
+        BERT's MLM ties them by definition, so the tie does not depend on ``tie_word_embeddings`` (which the composite
+        :class:`MLMConfig` does not carry; transformers would read its absence as "do not tie").
+        """
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)  # calls this one for the top level
+        return dict(self._tied_weights_keys)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """Install a new decoder (``resize_token_embeddings`` does); the bias follows its vocabulary size."""
+        self.lm_head.decoder = new_embeddings
+        self.lm_head.resize_bias(new_embeddings.out_features)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # ``load_state_dict`` of a saved checkpoint's tensors (a ``model.safetensors``, also those written before the
+        # head had a decoder): a tied decoder weight is stored once, under the embeddings' name; read it from there.
+        for target, source in self._tied_weights_keys.items():
+            if prefix + target not in state_dict and prefix + source in state_dict:
+                state_dict[prefix + target] = state_dict[prefix + source]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self,
@@ -231,6 +304,7 @@ class MLMForPreTraining(MLMPreTrainedModel):
         labels: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ) -> MLMForPreTrainingOutput:
         """Args:
@@ -238,32 +312,38 @@ class MLMForPreTraining(MLMPreTrainedModel):
             attention_mask: ``(B, L)``, 1 for tokens, 0 for padding.
             labels: ``(B, L)``, the original token at each selected position and -100 elsewhere.
             token_type_ids: ``(B, L)`` segment ids, for the families that have them.
+            num_items_in_batch: labelled tokens in the whole optimisation step (all micro-batches and processes);
+                the summed cross entropy is divided by it. ``None``: the mean over this batch's labelled tokens.
 
         Returns:
             :class:`MLMForPreTrainingOutput`. With ``labels`` and sparse prediction, ``logits`` holds only the
             labelled positions, ``(N, V)``; without ``labels``, the logits of every position ``(B, L, V)``.
         """
         hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
-        embedding_weight = self.get_input_embeddings().weight  # (V, H), the tied output projection
         if labels is None:
-            return MLMForPreTrainingOutput(logits=self.lm_head(hidden, embedding_weight), last_hidden_state=hidden)
+            return MLMForPreTrainingOutput(logits=self.lm_head(hidden), last_hidden_state=hidden)
 
         selected = labels != IGNORE_INDEX  # (B, L)
         targets = labels[selected]  # (N,)
         if self.config.sparse_prediction:
-            logits = self.lm_head(hidden[selected], embedding_weight)  # (N, H) -> (N, V)
+            logits = self.lm_head(hidden[selected])  # (N, H) -> (N, V)
             selected_logits = logits
         else:
-            logits = self.lm_head(hidden, embedding_weight)  # (B, L, V)
+            logits = self.lm_head(hidden)  # (B, L, V)
             selected_logits = logits[selected]  # (N, V)
         if targets.numel() == 0:
             # nothing to predict: a zero loss that still reaches every parameter (keeps DDP's gradient sync intact)
             loss = selected_logits.sum() * 0.0
             accuracy = loss.detach()
         else:
-            loss = F.cross_entropy(selected_logits.float(), targets)
+            summed = F.cross_entropy(selected_logits.float(), targets, reduction="sum")
+            loss = mean_over_items(summed, targets.numel(), num_items_in_batch)
             accuracy = (selected_logits.detach().argmax(dim=-1) == targets).float().mean()
         return MLMForPreTrainingOutput(loss=loss, accuracy=accuracy, logits=logits, last_hidden_state=hidden)
+
+    def num_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The tokens this batch predicts (its labels that are not -100)."""
+        return (batch["labels"] != IGNORE_INDEX).sum()
 
     # ----------------------------------------------------------------------------------------------------------------
     # Conversion to and from the family's own <Family>ForMaskedLM

@@ -24,6 +24,7 @@ from hf_ssl.data.text import (
     prepare_text_rows,
     resolve_tokenizer,
     tokenize_dataset,
+    use_saved_tokenizer,
 )
 from hf_ssl.errors import UsageError, check_range
 from hf_ssl.evaluation.features import FeatureSpec
@@ -298,4 +299,5 @@ MLM = MLMObjective(
     exporter=Exporter(export, (*TRANSFORMERS_FILES, "README.md")),
     default_dataset=(DEFAULT_TEXT_DATASET, load_default_text),
     summary="masked language modelling (BERT's MLM) of any Hugging Face text encoder, exported in its own format",
+    use_saved_processor=use_saved_tokenizer,
 )

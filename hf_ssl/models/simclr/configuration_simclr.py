@@ -7,7 +7,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from hf_ssl.backbones.timm import backbone_kwargs, check_model_name, data_config, default_normalization
-from hf_ssl.errors import UsageError, check_range
+from hf_ssl.errors import UsageError, check_int, check_range
 
 
 class SimCLRConfig(PretrainedConfig):
@@ -39,6 +39,10 @@ class SimCLRConfig(PretrainedConfig):
         color_jitter_strength: strength ``s`` of the jitter: brightness, contrast, saturation ``0.8 s``, hue ``0.2 s``.
         grayscale_prob: probability of converting a view to grayscale.
         blur_prob: probability of a Gaussian blur (0.5 on ImageNet in the paper, 0 for CIFAR-sized images).
+        gradient_cache_chunk_size: in training, encode the batch in chunks of this many images (both views) with
+            the gradient cache of Gao et al. (2021, arXiv:2101.06983): the NT-Xent loss and gradients of the whole
+            batch, with the activations of one chunk in memory, for the cost of a second forward pass. BatchNorm
+            layers (the projection head's) normalise each chunk with its own statistics. ``None``: one pass.
     """
 
     model_type = "hf_ssl_simclr"
@@ -64,6 +68,7 @@ class SimCLRConfig(PretrainedConfig):
         color_jitter_strength: float = 0.5,
         grayscale_prob: float = 0.2,
         blur_prob: float = 0.0,
+        gradient_cache_chunk_size: int | None = None,
         **kwargs: Any,
     ):
         check_model_name(backbone)
@@ -84,6 +89,8 @@ class SimCLRConfig(PretrainedConfig):
         ):
             check_range(name, p, 0, 1)
         check_range("color_jitter_strength", color_jitter_strength, 0)
+        if gradient_cache_chunk_size is not None:
+            check_int("gradient_cache_chunk_size", gradient_cache_chunk_size, 1)
         default_mean, default_std = default_normalization(backbone, num_channels)
         image_mean = list(image_mean) if image_mean is not None else default_mean
         image_std = list(image_std) if image_std is not None else default_std
@@ -113,6 +120,7 @@ class SimCLRConfig(PretrainedConfig):
         self.color_jitter_strength = color_jitter_strength
         self.grayscale_prob = grayscale_prob
         self.blur_prob = blur_prob
+        self.gradient_cache_chunk_size = gradient_cache_chunk_size
         super().__init__(**kwargs)
         self.timm_kwargs  # noqa: B018 (refuses a small_image_stem the backbone's family cannot take)
 

@@ -12,6 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
+from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
 from hf_ssl.heads import SimCLRProjectionHead, representation_std
 from hf_ssl.losses import nt_xent_loss
 from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
@@ -23,7 +24,6 @@ class SimCLRForPreTrainingOutput(ModelOutput):
 
     Args:
         loss: NT-Xent loss (scalar).
-        projections: ``(B, 2, projection_dim)`` projected embeddings of the two views.
         embedding_std: std of the L2-normalised projections over the batch, averaged over dimensions: about
             ``1 / sqrt(projection_dim)`` when healthy, near 0 on collapse (a monitor, no gradient).
         projections: ``(B, 2, projection_dim)`` projected embeddings of the two views.
@@ -113,17 +113,23 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
     ) -> SimCLRForPreTrainingOutput:
         """Args:
         pixel_values: ``(B, 2, C, H, W)``, two augmented views of each of ``B`` images.
+
+        In training, with ``config.gradient_cache_chunk_size`` set below ``B``, the views are encoded in chunks of
+        that many images with the gradient cache (:mod:`hf_ssl.gradient_cache`): the loss and gradients of the
+        whole batch (each chunk's BatchNorm statistics its own), the activations of one chunk at a time.
         """
         if pixel_values.ndim != 5 or pixel_values.shape[1] != 2 or pixel_values.shape[0] < 2:
             raise ValueError(
                 f"SimCLR expects pixel_values of shape (B, 2, C, H, W) with B >= 2 (the other images are the "
                 f"negatives), got {tuple(pixel_values.shape)}"
             )
-        batch, views = pixel_values.shape[:2]
-        flat = pixel_values.flatten(0, 1)  # (B * 2, C, H, W), the views of one image side by side
-        features = self.simclr(flat).pooler_output  # (B * 2, F)
-        projections = self.projection_head(features)  # (B * 2, P)
-        projections = projections.unflatten(0, (batch, views))  # (B, 2, P)
+        batch = pixel_values.shape[0]
+        chunk_size = self.config.gradient_cache_chunk_size
+        if uses_gradient_cache(self, chunk_size, batch):  # same loss and gradients, one chunk's activations
+            chunks = [pixel_values[rows] for rows in chunk_slices(batch, chunk_size)]
+            projections, features = encode_in_chunks(self.encode_views, chunks, self)
+        else:
+            projections, features = self.encode_views(pixel_values)  # (B, 2, P), (B, 2, F)
         loss = nt_xent_loss(
             projections[:, 0], projections[:, 1], self.config.loss_temperature, self.config.gather_distributed
         )
@@ -131,5 +137,13 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
             loss=loss,
             embedding_std=representation_std(projections),
             projections=projections,
-            features=features.unflatten(0, (batch, views)),
+            features=features,
         )
+
+    def encode_views(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``(B, V, C, H, W)`` -> projections ``(B, V, P)`` and backbone features ``(B, V, F)``."""
+        batch, views = pixel_values.shape[:2]
+        flat = pixel_values.flatten(0, 1)  # (B * V, C, H, W), the views of one image side by side
+        features = self.simclr(flat).pooler_output  # (B * V, F)
+        projections = self.projection_head(features)  # (B * V, P)
+        return projections.unflatten(0, (batch, views)), features.unflatten(0, (batch, views))

@@ -95,5 +95,6 @@ SIMCLR = Objective(
     features=FeatureSpec("image", description="the backbone's pooled features (pooler_output)"),
     exporter=Exporter(export, (*TIMM_FILES, "README.md")),
     min_batch_size=2,
+    negatives_from_batch=True,
     summary="contrastive learning of images from two augmented views (NT-Xent), any timm backbone",
 )

@@ -56,6 +56,10 @@ class SimCSEConfig(PretrainedConfig):
             less padding to compute; 1 encodes the batch in one pass.
         starting_encoder: provenance: the checkpoint or Hub id the encoder weights started from (set by
             ``--model_name_or_path``; ``None``: random initialisation). Evaluation compares with it.
+        gradient_cache_chunk_size: in training, encode the batch in chunks of this many examples (all their
+            sentences) with the gradient cache of Gao et al. (2021, arXiv:2101.06983): the InfoNCE loss and
+            gradients of the whole batch, with the activations of one chunk in memory, for the cost of a second
+            forward pass (each chunk's dropout is replayed). ``None``: one pass.
     """
 
     model_type = "hf_ssl_simcse"
@@ -74,6 +78,7 @@ class SimCSEConfig(PretrainedConfig):
         gather_distributed: bool = True,
         length_buckets: int = 4,
         starting_encoder: str | None = None,
+        gradient_cache_chunk_size: int | None = None,
         **kwargs: Any,
     ):
         self.encoder = resolve_encoder_config(encoder)
@@ -83,6 +88,7 @@ class SimCSEConfig(PretrainedConfig):
         self.gather_distributed = gather_distributed
         self.length_buckets = length_buckets
         self.starting_encoder = starting_encoder
+        self.gradient_cache_chunk_size = gradient_cache_chunk_size
         super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
         self._validate()
 
@@ -92,6 +98,8 @@ class SimCSEConfig(PretrainedConfig):
         check_range("hard_negative_weight", self.hard_negative_weight, 0.0)
         check_choice("gather_distributed", self.gather_distributed, (True, False))
         check_int("length_buckets", self.length_buckets, 1)
+        if self.gradient_cache_chunk_size is not None:
+            check_int("gradient_cache_chunk_size", self.gradient_cache_chunk_size, 1)
         if self.starting_encoder is not None and not isinstance(self.starting_encoder, str):
             raise UsageError(f"starting_encoder must be a model name or path, got {self.starting_encoder!r}")
         for field in ("vocab_size", "hidden_size"):

@@ -9,6 +9,7 @@ the encoder's dropout. Pooling ``cls`` trains through an MLP (dense + tanh) that
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from hf_ssl.backbones.transformers import (
     masked_mean,
 )
 from hf_ssl.errors import UsageError
+from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
 from hf_ssl.losses import alignment, info_nce_loss, uniformity
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
 
@@ -122,6 +124,10 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
 
     Inputs are ``(B, L)`` sentences (unsupervised: each is encoded twice, in one forward pass of the doubled batch)
     or ``(B, S, L)`` with ``S = 2`` (sentence, positive) or ``S = 3`` (sentence, positive, hard negative).
+
+    In training, with ``config.gradient_cache_chunk_size`` set below ``B``, the sentences are encoded in chunks of
+    that many examples with the gradient cache (:mod:`hf_ssl.gradient_cache`): the loss and gradients of the whole
+    batch with the activations of one chunk at a time, each chunk's dropout drawn once and replayed.
     """
 
     def __init__(self, config: SimCSEConfig):
@@ -169,24 +175,39 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
             )
         if batch < 2:
             raise ValueError(f"SimCSE needs at least 2 examples per batch (the others are the negatives), got {batch}")
-        embeddings = self.embed_sentences(flat)  # (S * B, H)
-        projected = self.mlp(embeddings) if self.mlp is not None else embeddings
-        z = projected.unflatten(0, (views, batch))  # (S, B, H)
+        chunk_size = self.config.gradient_cache_chunk_size
+        encode = functools.partial(self.encode_views, views=views)
+        if uses_gradient_cache(self, chunk_size, batch):  # same loss and gradients, one chunk's activations
+            by_view = {name: value.unflatten(0, (views, batch)) for name, value in flat.items()}  # (S, B, L)
+            chunks = [
+                {name: value[:, rows].flatten(0, 1) for name, value in by_view.items()}  # (S * b, L), view-major
+                for rows in chunk_slices(batch, chunk_size)
+            ]
+            z, embeddings = encode_in_chunks(encode, chunks, self)
+        else:
+            z, embeddings = encode(flat)  # (B, S, H) each
         loss = info_nce_loss(
-            z[0],
-            z[1],
-            z[2] if views == 3 else None,
+            z[:, 0],
+            z[:, 1],
+            z[:, 2] if views == 3 else None,
             temperature=self.config.loss_temperature,
             hard_negative_weight=self.config.hard_negative_weight,
             gather_distributed=self.config.gather_distributed,
         )
-        sentences = embeddings.detach().unflatten(0, (views, batch))  # (S, B, H)
+        sentences = embeddings.detach()  # (B, S, H)
         return SimCSEForPreTrainingOutput(
             loss=loss,
-            alignment=alignment(sentences[0], sentences[1]),
-            uniformity=uniformity(sentences[0]),
-            embeddings=embeddings.unflatten(0, (views, batch)).transpose(0, 1),  # (B, S, H)
+            alignment=alignment(sentences[:, 0], sentences[:, 1]),
+            uniformity=uniformity(sentences[:, 0]),
+            embeddings=embeddings,
         )
+
+    def encode_views(self, inputs: dict[str, torch.Tensor], views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``S * n`` sequences ``(S * n, L)``, view-major (the ``S`` sentences of ``n`` examples) -> what the loss
+        reads (after the ``cls`` MLP, if any) and the sentence embeddings, ``(n, S, H)`` each."""
+        embeddings = self.embed_sentences(inputs)  # (S * n, H)
+        projected = self.mlp(embeddings) if self.mlp is not None else embeddings
+        return projected.unflatten(0, (views, -1)).transpose(0, 1), embeddings.unflatten(0, (views, -1)).transpose(0, 1)
 
     def embed_sentences(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sentence embeddings ``(N, H)`` of ``N`` right-padded sequences, encoded in ``config.length_buckets``

@@ -26,6 +26,7 @@ from hf_ssl.data.text import (
     prepare_text_rows,
     resolve_tokenizer,
     tokenize_dataset,
+    use_saved_tokenizer,
 )
 from hf_ssl.errors import UsageError, check_range
 from hf_ssl.evaluation.features import FeatureSpec
@@ -420,6 +421,8 @@ SIMCSE = SimCSEObjective(
     exporter=Exporter(export, (*TRANSFORMERS_FILES, *SENTENCE_TRANSFORMERS_FILES, "README.md")),
     default_dataset=(DEFAULT_TEXT_DATASET, load_default_text),
     min_batch_size=2,
+    negatives_from_batch=True,
     summary="contrastive sentence embeddings (SimCSE: dropout views or labelled pairs), exported for "
     "sentence-transformers",
+    use_saved_processor=use_saved_tokenizer,
 )

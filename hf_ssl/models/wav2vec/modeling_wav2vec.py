@@ -20,7 +20,13 @@ from transformers import PreTrainedModel, Wav2Vec2Model
 from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.utils import ModelOutput
 
-from hf_ssl.losses import codevector_perplexity, wav2vec_contrastive_loss, wav2vec_diversity_loss
+from hf_ssl.losses import (
+    codevector_perplexity,
+    full_precision,
+    mean_over_items,
+    wav2vec_contrastive_loss,
+    wav2vec_diversity_loss,
+)
 from hf_ssl.masking import compute_span_mask, sample_negative_indices
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 
@@ -91,7 +97,8 @@ class Wav2VecGumbelQuantizer(nn.Module):
             ``quantized (B, T, codevector_dim)``, ``perplexity`` (scalar), ``codes (B, T, G)`` the chosen entries.
         """
         batch, length, _ = hidden_states.shape
-        logits = self.weight_proj(hidden_states).float().view(batch, length, self.num_groups, self.num_vars)
+        with full_precision(hidden_states.device):  # the codes and their softmaxes in fp32 under autocast too
+            logits = self.weight_proj(hidden_states.float()).view(batch, length, self.num_groups, self.num_vars)
         mask = mask_time_indices.flatten() if mask_time_indices is not None else None
         if self.training:
             # the noise of torch's gumbel_softmax, drawn over the same (B * T * G, V) elements in the same order
@@ -185,8 +192,15 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
 
     The pipeline, stage by stage: :meth:`forward_features` (conv encoder, feature penalty, projection),
     :meth:`draw_masks` (span masks and distractors on the device, unless given), :meth:`forward_encoder` (mask
-    embedding in, transformer), :meth:`forward_targets` (quantize the unmasked features), :meth:`forward_loss`.
+    embedding in, transformer), :meth:`forward_targets` (quantize the unmasked features), then the contrastive and
+    diversity losses.
+
+    Under :class:`~hf_ssl.trainer.SSLTrainer` the masks and distractors are drawn before the step
+    (:meth:`draw_random_inputs`), so the step's masked frames can be counted (:meth:`num_items`) and each
+    micro-batch's loss weighted by its share of them, as fairseq and transformers' pretraining script do.
     """
+
+    accepts_loss_kwargs = True  # the Trainer passes num_items_in_batch
 
     def __init__(self, config: Wav2VecConfig):
         super().__init__(config)
@@ -267,6 +281,32 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
                 )
         return mask_time_indices, sampled_negative_indices
 
+    def draw_random_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Span masks and distractors for a batch of ``input_values (B, L)`` (and its ``attention_mask``), drawn on
+        the batch's device with the frame count and lengths the conv encoder will give: what :meth:`forward` would
+        draw itself. Masks or distractors the batch already holds are kept."""
+        input_values = batch["input_values"]
+        device = input_values.device
+        num_frames = int(self._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
+        frame_mask = None
+        if batch.get("attention_mask") is not None:
+            lengths = self._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))  # (B,)
+            frame_mask = torch.arange(num_frames, device=device)[None, :] < lengths[:, None]  # (B, T)
+        masks, negatives = self.draw_masks(
+            input_values.shape[0],
+            num_frames,
+            frame_mask,
+            batch.get("mask_time_indices"),
+            batch.get("sampled_negative_indices"),
+            device=device,
+        )
+        return {"mask_time_indices": masks, "sampled_negative_indices": negatives}
+
+    def num_items(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The masked frames of a batch whose masks were drawn (:meth:`draw_random_inputs`), else ``None``."""
+        masks = batch.get("mask_time_indices")
+        return None if masks is None else masks.sum()
+
     def forward_encoder(
         self, hidden: torch.Tensor, mask_time_indices: torch.Tensor, frame_mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -289,6 +329,7 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
         mask_time_indices: torch.Tensor | None = None,
         sampled_negative_indices: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ) -> Wav2VecForPreTrainingOutput:
         """Args:
@@ -298,6 +339,10 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
             sampled_negative_indices: ``(B, T, K)`` distractors as flat frame indices ``b * T + t`` of the same
                 utterance (transformers' format); drawn on the device when ``None``.
             return_dict: accepted for compatibility; a ``ModelOutput`` is always returned.
+            num_items_in_batch: masked frames in the whole optimisation step (all micro-batches and processes):
+                the loss is weighted by this batch's share of them, so the micro-batches' losses add up to the mean
+                over the step's frames (the diversity and feature terms weighted alike, as fairseq does).
+                ``None``: this batch's mean.
 
         Returns:
             :class:`Wav2VecForPreTrainingOutput`, ``loss`` first.
@@ -324,6 +369,9 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
         loss = contrastive_loss + config.diversity_loss_weight * diversity_loss
         if config.feature_penalty_weight > 0:
             loss = loss + config.feature_penalty_weight * feature_penalty
+        if num_items_in_batch is not None:
+            num_masked = mask_time_indices.sum()
+            loss = mean_over_items(loss * num_masked, num_masked, num_items_in_batch)
         return Wav2VecForPreTrainingOutput(
             loss=loss,
             contrastive_loss=contrastive_loss,
@@ -331,7 +379,7 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
             feature_penalty=feature_penalty,
             codevector_perplexity=perplexity.detach(),
             contrastive_accuracy=accuracy.detach(),
-            gumbel_temperature=torch.tensor(self.quantizer.temperature),
+            gumbel_temperature=loss.new_tensor(self.quantizer.temperature),  # on the loss's device, as every scalar
             projected_states=predicted,
             projected_quantized_states=targets,
             mask_time_indices=mask_time_indices,
