@@ -17,7 +17,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback
 
-from hf_ssl.checkpoints import check_weights
+from hf_ssl.checkpoints import check_weights, last_complete_checkpoint
 from hf_ssl.data.loading import DEFAULT_DATASET, Modality, load_digits_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import FeatureSpec, register_features
@@ -115,8 +115,6 @@ class Objective:
         """
         resume = training_args.resume_from_checkpoint
         if resume is True:  # the CLI resolves it before; kept for callers that do not
-            from hf_ssl.checkpoints import last_complete_checkpoint
-
             resume = last_complete_checkpoint(training_args.output_dir)
         reuse = self.use_saved_processor
         if reuse is not None and resume:
