@@ -17,7 +17,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback
 
-from hf_ssl.checkpoints import check_weights, last_complete_checkpoint
+from hf_ssl.checkpoints import check_weights
 from hf_ssl.data.loading import DEFAULT_DATASET, Modality, load_digits_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import FeatureSpec, register_features
@@ -113,9 +113,7 @@ class Objective:
             data_args: the objective's data flags.
             training_args: the run's ``TrainingArguments``.
         """
-        resume = training_args.resume_from_checkpoint
-        if resume is True:  # the CLI resolves it before; kept for callers that do not
-            resume = last_complete_checkpoint(training_args.output_dir)
+        resume = training_args.resume_from_checkpoint  # a folder: the CLI resolved ``true`` before
         reuse = self.use_saved_processor
         if reuse is not None and resume:
             logger.info("resuming: the processing class saved in %s is used, none is made anew", resume)

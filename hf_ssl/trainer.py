@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from hf_ssl.data.collators import position_seed
+from hf_ssl.data.collators import position_seed, seeded_rng
 from hf_ssl.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -92,22 +90,6 @@ class SSLTrainingArguments(TrainingArguments):
                     "slower than fp32: use it to check a bf16 run, and train on an accelerator or in fp32"
                 )
         super().__post_init__()
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Within this block the global generators of the CPU and of ``device`` start from ``seed``; both are restored
-    afterwards. ``None``: no change."""
-    if seed is None:
-        yield
-        return
-    if device.type == "cpu":
-        fork = torch.random.fork_rng(devices=[])
-    else:
-        fork = torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
-    with fork:
-        torch.manual_seed(seed)
-        yield
 
 
 class SSLTrainer(Trainer):

@@ -23,6 +23,22 @@ def position_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within this block the global generators of the CPU and of ``device`` start from ``seed``; both are restored
+    afterwards. ``None``: no change."""
+    if seed is None:
+        yield
+        return
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    else:
+        fork = torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    with fork:
+        torch.manual_seed(seed)
+        yield
+
+
 class SeededCollator:
     """Base of collators that draw random numbers (augmentations, masks): batch ``k`` of a run, on process ``rank``,
     draws them from the CPU generator seeded with ``(seed, rank, k)``, whatever the worker that builds it.
@@ -50,8 +66,7 @@ class SeededCollator:
     @contextlib.contextmanager
     def batch_rng(self) -> Iterator[None]:
         """Within this block the global CPU generator is seeded for the next batch; it is restored afterwards."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._next_batch_seed())
+        with seeded_rng(self._next_batch_seed(), torch.device("cpu")):
             yield
 
 
