@@ -52,6 +52,7 @@ class RunInfo:
         training_args: the main training arguments (see ``_RECORDED_ARGS``), with ``optim`` as its value.
         train_metrics: the final training metrics (runtime, samples per second, mean loss).
         log_history: every log entry of the run.
+        warnings: the run's collapse / no-progress warnings, one line each (:mod:`hf_ssl.health`).
     """
 
     objective: str
@@ -69,6 +70,7 @@ class RunInfo:
     training_args: dict[str, Any] = field(default_factory=dict)
     train_metrics: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def record_training(self, args: TrainingArguments, state: TrainerState) -> None:
         """Fill in the arguments, steps run, metrics and log history from a Trainer's ``args`` and ``state``."""

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ from hf_ssl.data import data_source, load_data
 from hf_ssl.data.collators import SeededCollator
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
+from hf_ssl.evaluation.online_probe import OnlineProbe, ProbeArguments, evaluation_schedule
+from hf_ssl.health import HealthCallback
 from hf_ssl.objectives import (
     COMMANDS,
     OBJECTIVES,
@@ -183,9 +186,12 @@ def config_overrides(args: Any) -> dict[str, Any]:
     return overrides
 
 
-def parse(parser: HfArgumentParser, argv: list[str]) -> tuple[Any, ...]:
+def parse(
+    parser: HfArgumentParser, argv: list[str], implied: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> tuple[Any, ...]:
     """Parse ``argv`` into the parser's dataclasses; ``--config FILE`` (YAML or JSON) supplies values that flags
-    given after it override. Keys and flags must be written out in full.
+    given after it override. Keys and flags must be written out in full. ``implied`` maps the parsed flag values
+    to further values (``{flag: value}``) set before the dataclasses are built (and check themselves).
 
     Raises:
         UsageError: an unreadable config file, or a key of it that is no flag.
@@ -208,6 +214,8 @@ def parse(parser: HfArgumentParser, argv: list[str]) -> tuple[Any, ...]:
         if unknown:
             raise UsageError(f"--config {path}: unknown keys {unknown}; each key must be a flag of this command")
         argv = _as_flags(values) + argv[:at] + argv[at + 2 :]
+    if implied is not None:
+        argv = _as_flags(implied(vars(parser.parse_known_args(argv)[0]))) + argv
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except UsageError:
@@ -241,6 +249,7 @@ class PretrainArguments:
     model: ModelArguments
     training: SSLTrainingArguments
     config_overrides: dict[str, Any]
+    probe: ProbeArguments | None = None
 
 
 def parse_pretrain_args(objective: Objective, argv: list[str]) -> PretrainArguments:
@@ -249,16 +258,19 @@ def parse_pretrain_args(objective: Objective, argv: list[str]) -> PretrainArgume
         DataArguments,
         objective.data_arguments,
         config_arguments(objective.config_class),
+        ProbeArguments,
         SSLTrainingArguments,
         prog=f"hf-ssl pretrain {objective.name}",
     )
-    model_args, data_args, objective_data, config_args, training_args = parse(parser, argv)
+    parsed = parse(parser, argv, implied=evaluation_schedule)
+    model_args, data_args, objective_data, config_args, probe_args, training_args = parsed
     resume = (training_args.resume_from_checkpoint or "").lower()
     if resume in ("true", "yes", "1"):
         training_args.resume_from_checkpoint = True  # the HF habit: the newest complete checkpoint in output_dir
     elif resume in ("false", "no", "0", ""):
         training_args.resume_from_checkpoint = None
-    return PretrainArguments(data_args, objective_data, model_args, training_args, config_overrides(config_args))
+    overrides = config_overrides(config_args)
+    return PretrainArguments(data_args, objective_data, model_args, training_args, overrides, probe_args)
 
 
 def optimisation_steps(args: SSLTrainingArguments, num_examples: int | None) -> int:
@@ -390,7 +402,11 @@ def build_trainer(
     callbacks = [RunInfoCallback(run_info), *objective.callbacks(model.config)]
     if isinstance(prepared.collator, SeededCollator):
         callbacks.append(BatchRandomnessCallback(prepared.collator))
-    return SSLTrainer(
+    probe = None
+    if args.probe is not None and args.probe.enabled:  # its data is loaded and checked now, before training
+        probe = OnlineProbe.prepare(args.probe, model, objective.features, prepared.processing_class)
+    trainer = SSLTrainer(
+        probe=probe,
         model=model,
         args=args.training,
         train_dataset=prepared.dataset,
@@ -400,6 +416,8 @@ def build_trainer(
         processing_class=prepared.processing_class,
         callbacks=callbacks,
     )
+    trainer.add_callback(HealthCallback(trainer, run_info))  # health/* logs and collapse warnings (--health_steps)
+    return trainer
 
 
 def train(trainer: SSLTrainer, args: SSLTrainingArguments) -> None:
@@ -452,6 +470,22 @@ def export_command(argv: list[str]) -> str:
     return str(out)
 
 
+def report_command(argv: list[str]) -> str:
+    """``hf-ssl report RUN --output_dir DIR``: the run's page of pictures, with its objective's own pictures."""
+    from hf_ssl.evaluation.run_report import ReportArguments, run_record, write_report
+
+    positional = [a for a in argv[:1] if not a.startswith("--")]  # RUN, as in `hf-ssl report RUN`
+    argv = [f"--run_dir={value}" for value in positional] + argv[len(positional) :]
+    (args,) = parse(make_parser(ReportArguments, prog="hf-ssl report"), argv)
+    info = run_record(args.run_dir)
+    model_type = checkpoint_model_type(args.run_dir)
+    objective = OBJECTIVES.get(info.objective) if info is not None else None
+    objective = objective or next((o for o in OBJECTIVES.values() if o.config_class.model_type == model_type), None)
+    page = write_report(args, pictures=objective.report_pictures if objective is not None else None)
+    print(f"wrote {page}")
+    return str(page)
+
+
 def usage() -> str:
     """The launcher's usage, then the registered objectives and the commands they bring."""
     from hf_ssl_launcher import USAGE
@@ -482,10 +516,12 @@ def run(argv: list[str]) -> None:
         evaluate_command(rest)
     elif command == "export":
         export_command(rest)
+    elif command == "report":
+        report_command(rest)
     elif command in COMMANDS:
         COMMANDS[command](rest)
     else:
-        known = ", ".join(["pretrain", "evaluate", "export", *sorted(COMMANDS)])
+        known = ", ".join(["pretrain", "evaluate", "export", "report", *sorted(COMMANDS)])
         raise UsageError(f"unknown command {command!r}; commands: {known} (see hf-ssl --help)")
 
 

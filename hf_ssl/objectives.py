@@ -78,6 +78,10 @@ class Objective:
             the data (a trained tokenizer); ``None`` where it follows from the config alone. A resumed run then
             reads the checkpoint's, and the processes of a run share the one their main process made (see
             :meth:`prepare_for_run`).
+        report_pictures: ``(model_dir, output_dir, report_args) -> [(title, png path)]``: the objective's own
+            pictures on the ``hf-ssl report`` page (MAE reconstructions, wav2vec codebook usage), drawn from the run's
+            model folder into ``output_dir``; ``report_args`` are the report's
+            :class:`~hf_ssl.evaluation.run_report.ReportArguments` (labelled set, seed). ``None``: none.
     """
 
     name: str
@@ -95,6 +99,7 @@ class Objective:
     commands: dict[str, Callable[[list[str]], Any]] = field(default_factory=dict)
     summary: str = ""
     use_saved_processor: Callable[[Any, str], Any] | None = None
+    report_pictures: Callable[[str, Any, Any], list[tuple[str, Any]]] | None = None
 
     def prepare_for_run(
         self, dataset: Dataset | IterableDataset, config: PretrainedConfig, data_args: Any, training_args: Any

@@ -6,10 +6,12 @@ import functools
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainingArguments
 
 from hf_ssl.data.collators import position_seed, seeded_rng
@@ -66,8 +68,28 @@ class SSLTrainingArguments(TrainingArguments):
         default="",
         metadata={"help": "A bare --debug shows the traceback of errors (also HF_SSL_DEBUG=1)."},
     )
+    health_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Log the representation's health (health/rankme, health/embedding_std, ...) and warn on collapse "
+            "every N steps, on a small fixed batch; default every 5th logging step; 0 turns it off (hf_ssl.health)."
+        },
+    )
+    health_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples of the fixed training batch the health checks measure (>= 2); default 64, or fewer "
+            "when a step's batch per process is smaller (the check then costs no more than a training forward)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.health_steps is not None and self.health_steps < 0:
+            raise UsageError(f"--health_steps must be >= 0 (0 turns health checks off), got {self.health_steps}")
+        if self.health_batch_size is not None and self.health_batch_size < 2:
+            raise UsageError(
+                f"--health_batch_size must be >= 2 (rank and spread need rows), got {self.health_batch_size}"
+            )
         # Launched on several processes (torchrun / accelerate launch) on a machine with no accelerator: without
         # use_cpu, transformers would not set up the (gloo) process group and each process would train alone.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
@@ -114,8 +136,22 @@ class SSLTrainer(Trainer):
     process with N*A*B examples.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, probe: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any):
+        """Args as for ``Trainer``, and ``probe``: ``model -> {name: value}`` metrics added to every evaluation
+        (the online probe, :class:`~hf_ssl.evaluation.online_probe.OnlineProbe`); with it, step-wise evaluation
+        needs no ``eval_dataset`` (pass ``args`` and ``eval_dataset`` by keyword)."""
+        self.probe = probe
+        self._probe_metrics: dict[str, float] | None = None  # set while an evaluation with the probe runs
+        training_args = kwargs.get("args")
+        strategy = None
+        if probe is not None and training_args is not None and kwargs.get("eval_dataset") is None:
+            strategy = training_args.eval_strategy  # the Trainer refuses to evaluate without an eval_dataset
+            training_args.eval_strategy = "no"
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if strategy is not None:
+                training_args.eval_strategy = strategy
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = defaultdict(int)
         self._micro_batch_seeds: list[int] = []
@@ -172,6 +208,39 @@ class SSLTrainer(Trainer):
                     self._sums[name] = self._sums[name] + value if name in self._sums else value
                     self._counts[name] += 1
         return (loss, outputs) if return_outputs else loss
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """The Trainer's evaluation of ``eval_dataset`` (if the run has one), with the probe's metrics added
+        (``eval_probe_knn_accuracy``, ...): logged together, passed to ``on_evaluate`` and to the best-model
+        bookkeeping (``--metric_for_best_model probe_knn_accuracy``).
+
+        The probe runs on every process and the main process's values are broadcast, so that every process keeps
+        the same best checkpoint.
+        """
+        if self.probe is None or self._probe_metrics is not None:  # no probe, or inside an evaluation that has it
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        shared = [self.probe(self.model)]
+        if self.args.world_size > 1:
+            broadcast_object_list(shared, from_process=0)
+        self._probe_metrics = {f"{metric_key_prefix}_{name}": value for name, value in shared[0].items()}
+        try:
+            if eval_dataset is not None or self.eval_dataset is not None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # evaluation_loop adds them
+            metrics = dict(self._probe_metrics)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+        finally:
+            self._probe_metrics = None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._probe_metrics:  # once per evaluation, in the first dataset's metrics
+            output.metrics.update(self._probe_metrics)
+            self._probe_metrics = {}
+        return output
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation reads every row: ``dataloader_drop_last`` (on for training batches) does not apply to it."""

@@ -466,3 +466,104 @@ def test_pretraining_checkpoint_has_an_image_processor(tiny_simclr_config, tmp_p
     extractor = pipeline("image-feature-extraction", model=str(model_dir), pool=True)
     features = torch.tensor(extractor(image))
     assert features.shape[-1] == SimCLRModel.from_pretrained(model_dir).num_features
+
+
+# ------------------------------------------------------------------------------- exports read the whole input
+
+
+@pytest.fixture(scope="module")
+def cropping_tokenizer():
+    """A trained tokenizer that records the training crop (32) as model_max_length, as hf_ssl's text runs save it."""
+    from hf_ssl.data.text import load_default_text, train_tokenizer
+
+    return train_tokenizer(load_default_text("train")["text"][:2000], vocab_size=200, model_max_length=32)
+
+
+def test_simcse_export_reads_sentences_longer_than_the_training_crop(cropping_tokenizer, tmp_path):
+    """sentence_bert_config.json holds the encoder's own limit (RoBERTa: positions less pad_token_id + 1), so
+    SentenceTransformer(path) encodes a 100-token sentence whole: the vectors of SimCSEModel on the whole sentence,
+    not those of its first 32 tokens; the card states the training length."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from hf_ssl import SimCSEConfig, SimCSEForPreTraining
+
+    tokenizer = cropping_tokenizer
+    encoder = {"model_type": "roberta", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    encoder |= {"intermediate_size": 64, "max_position_embeddings": 200, "vocab_size": len(tokenizer)}
+    encoder |= {"pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(0)
+    model = SimCSEForPreTraining(SimCSEConfig(encoder=encoder, pooler_type="mean"))
+    _perturb_(model)
+    model.save_pretrained(tmp_path / "run")
+    tokenizer.save_pretrained(tmp_path / "run")
+    out = export_backbone(tmp_path / "run", tmp_path / "export")
+
+    limit = 200 - (tokenizer.pad_token_id + 1)
+    assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == limit
+    sentence = " ".join(load_default_text_rows(30))
+    ids = tokenizer(sentence)["input_ids"]
+    assert 32 < len(ids) <= limit, len(ids)
+    crop = tokenizer.decode(tokenizer(sentence, truncation=True, max_length=32)["input_ids"], skip_special_tokens=True)
+
+    st_model = SentenceTransformer(str(out), device="cpu")
+    assert st_model.max_seq_length == limit
+    whole, cut = (torch.from_numpy(st_model.encode([text])) for text in (sentence, crop))
+    with torch.no_grad():
+        ours = AutoModel.from_pretrained(tmp_path / "run").eval()(**tokenizer([sentence], return_tensors="pt"))
+    torch.testing.assert_close(whole, ours.pooler_output, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(whole, cut, atol=1e-3)
+
+    card = (out / "README.md").read_text()
+    assert f"**Maximum Sequence Length:** {limit} tokens" in card
+    assert "pretrained on sentences cut to 32 tokens" in card and "at most 32 tokens" in card
+
+
+def load_default_text_rows(words: int) -> list[str]:
+    """The first ``words`` words of the embedded corpus."""
+    from hf_ssl.data.text import load_default_text
+
+    return " ".join(load_default_text("train[:50]")["text"]).split()[:words]
+
+
+def test_mlm_export_tokenizer_truncates_at_the_encoders_limit_not_the_training_crop(cropping_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_ssl import MLMConfig, MLMForPreTraining
+
+    encoder = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model = MLMForPreTraining(
+        MLMConfig(encoder={**encoder, "vocab_size": len(cropping_tokenizer), "max_position_embeddings": 96})
+    )
+    model.save_pretrained(tmp_path / "run")
+    cropping_tokenizer.save_pretrained(tmp_path / "run")
+    out = export_backbone(tmp_path / "run", tmp_path / "export")
+    exported = AutoTokenizer.from_pretrained(out)
+    assert exported.model_max_length == 96
+    long_text = " ".join(load_default_text_rows(80))
+    assert len(exported(long_text, truncation=True)["input_ids"]) > 32
+    card = (out / "README.md").read_text()
+    assert (
+        "at most 32 tokens in pretraining; the encoder reads up to 96, where the exported tokenizer truncates" in card
+    )
+
+
+@pytest.mark.parametrize("backbone", ["convnext_atto", "vit_tiny_patch16_224"])
+def test_image_export_card_says_which_input_sizes_the_model_accepts(backbone, tmp_path):
+    """A CNN reads other sizes than its pretraining resolution (the card says so); a ViT's fixed position grid does
+    not (the card says that), exactly as the exported timm model behaves."""
+    config = SimCLRConfig(
+        backbone=backbone, small_image_stem=True, image_size=32, projection_hidden_dim=32, projection_dim=16
+    )
+    out = export_backbone(_checkpoint(config, tmp_path / "ckpt"), tmp_path / "export")
+    card = (out / "README.md").read_text()
+    exported = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        try:
+            exported(torch.randn(1, 3, 64, 64))
+            accepts_other_sizes = True
+        except (AssertionError, RuntimeError):
+            accepts_other_sizes = False
+    assert accepts_other_sizes == (backbone == "convnext_atto")
+    assert ("the model also accepts other sizes" in card) == accepts_other_sizes
+    assert ("the only size the model accepts" in card) == (not accepts_other_sizes)

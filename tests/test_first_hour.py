@@ -205,3 +205,23 @@ def test_a_hub_id_answered_from_the_cache_says_so(monkeypatch):
     source = data_source("cifar10", Cached())
     assert source.startswith("Hub dataset 'cifar10', read from the cache /root/.cache/huggingface/datasets/cifar10")
     assert "offline" in source
+
+
+def test_the_readme_first_command_evaluates_what_its_config_trains():
+    """The README's first command pretrains with the digit-scenes config and evaluates the folder that config writes,
+    on the data it trained on (tests/test_recipes.py runs the config itself)."""
+    import re
+    import shlex
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    section = root.joinpath("README.md").read_text().split("## On a fresh machine", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    parts = [shlex.split(part) for part in command.split("&&")]
+    pretrain = next(p for p in parts if "pretrain" in p)
+    evaluate = next(p for p in parts if "evaluate" in p)
+    config_path = pretrain[pretrain.index("--config") + 1]
+    config = yaml.safe_load((root / config_path).read_text())
+    assert evaluate[evaluate.index("--model_name_or_path") + 1] == config["output_dir"]
+    assert evaluate[evaluate.index("--dataset_name") + 1] == config["dataset_name"]

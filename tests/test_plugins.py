@@ -168,11 +168,11 @@ def test_an_objective_defined_outside_the_package_runs_through_the_cli(toy_objec
 
 
 def _imports(path: Path, package: str) -> set[str]:
-    """The hf_ssl modules ``path`` imports at module level (``from hf_ssl.x import y`` -> ``hf_ssl.x`` or
-    ``hf_ssl.x.y`` when that is a module)."""
+    """The hf_ssl modules ``path`` imports anywhere, at module level or inside a function (``from hf_ssl.x import y``
+    -> ``hf_ssl.x`` or ``hf_ssl.x.y`` when that is a module): a function-level import is still an arrow."""
     tree = ast.parse(path.read_text())
     found = set()
-    for node in tree.body:
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("hf_ssl"):
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
@@ -215,6 +215,22 @@ def test_shared_packages_never_import_objectives_or_the_cli(package):
         if module == package or module.startswith(package + "."):
             bad = {m for m in imported if m.startswith(("hf_ssl.models", "hf_ssl.objectives", "hf_ssl.cli"))}
             assert not bad, f"{module} imports {bad}"
+
+
+def test_evaluation_never_imports_export():
+    """Dependencies point down: export writes model cards from evaluation results, so evaluation must not import
+    export (what both read, e.g. a sentence-transformers folder's pooling, lives in ``hf_ssl.backbones``)."""
+    graph = _module_graph()
+    for module, imported in graph.items():
+        if module.startswith("hf_ssl.evaluation"):
+            bad = {m for m in imported if m == "hf_ssl.export" or m.startswith("hf_ssl.export.")}
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_the_import_scan_sees_function_level_imports(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    from hf_ssl.export import model_card\n    import hf_ssl.cli\n")
+    assert {"hf_ssl.export", "hf_ssl.export.model_card", "hf_ssl.cli"} <= _imports(source, "mod")
 
 
 def test_every_package_is_installed():

@@ -138,10 +138,11 @@ def test_evaluate_sts_command_end_to_end_with_baselines(tmp_path, capsys):
 def test_a_sentence_transformers_folder_is_pooled_as_its_config_says(tmp_path, pooling):
     from transformers import BertConfig, BertModel
 
+    from hf_ssl.backbones.sentence_transformers import read_pooling
     from hf_ssl.data.text import load_default_text, train_tokenizer
     from hf_ssl.evaluation.features import model_encoder
     from hf_ssl.evaluation.tasks.sts import load_sentence_encoder
-    from hf_ssl.export.sentence_transformers import read_pooling, save_sentence_transformer
+    from hf_ssl.export.sentence_transformers import save_sentence_transformer
 
     tokenizer = train_tokenizer(load_default_text("train")["text"][:500], vocab_size=200)
     encoder = BertModel(

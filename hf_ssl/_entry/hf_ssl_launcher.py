@@ -15,6 +15,7 @@ USAGE = """usage: hf-ssl <command> ...
   hf-ssl pretrain <objective> [--config FILE] [flags]   (hf-ssl pretrain --help: the objectives and their commands)
   hf-ssl evaluate --model_name_or_path DIR [--dataset_name D] [--split test] [--output_file F.json]
   hf-ssl export MODEL_DIR OUTPUT_DIR [--push_to_hub --hub_model_id user/name]
+  hf-ssl report RUN --output_dir DIR [--eval_file F.json] [--dataset_name D]   (needs pip install "hf_ssl[report]")
   hf-ssl --version
 
 Add --help after a command (and objective) for every flag; --debug shows the traceback of an error."""

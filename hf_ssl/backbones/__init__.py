@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-from transformers import AutoModel, PreTrainedModel
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from hf_ssl.backbones.timm import reset_to_timm_init
 from hf_ssl.errors import UsageError
 
 
@@ -38,7 +40,13 @@ def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple
     """
     path = check_checkpoint_path(model_name_or_path)
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        config = AutoConfig.from_pretrained(path)
+        model_args = getattr(config, "model_args", None)
+        if isinstance(model_args, dict) and "num_classes" in model_args:
+            # a timm folder as timm's save_for_hf writes it: transformers' TimmWrapperModel passes num_classes=0
+            # itself (the backbone without classifier), and would get it twice
+            config.model_args = {key: value for key, value in model_args.items() if key != "num_classes"}
+        model, info = AutoModel.from_pretrained(path, config=config, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot load a checkpoint from it: {err}") from err
     missing = sorted(key for key in info.get("missing_keys") or () if not key.startswith(optional_weights))
@@ -51,3 +59,18 @@ def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple
             f"{type(model).__name__} ({shown}); refusing to use randomly initialised layers"
         )
     return model.eval()
+
+
+def random_init_backbone(config: PretrainedConfig, seed: int) -> PreTrainedModel:
+    """The architecture of ``config`` at random initialisation (``AutoModel.from_config``, eval mode), seeded; the
+    global RNG is left untouched.
+
+    Building a model never downloads weights (objectives load pretrained backbones only when a run starts), so the
+    baseline is random even for a config that started from pretrained weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config).eval()
+    if getattr(model, "timm_model", None) is not None:  # transformers' TimmWrapperModel
+        reset_to_timm_init(model, seed)
+    return model

@@ -8,12 +8,14 @@ so training, evaluation, timm and transformers all preprocess an image the same 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+from transformers import TimmWrapperConfig, TimmWrapperModel
 
 from hf_ssl.errors import UsageError
 
@@ -129,3 +131,119 @@ def image_processor(config: dict[str, Any]):
         image_std=list(config["std"]),
         do_convert_rgb=channels == 3,
     )
+
+
+TIMM_PREFIX = "timm:"
+"""``--model_name_or_path timm:<architecture>`` names a timm architecture rather than a checkpoint folder."""
+
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""The weight files looked for when a timm checkpoint is given as a folder (timm's Hub layout)."""
+
+
+def timm_model_name(model_name_or_path: str) -> str | None:
+    """The architecture of ``timm:<architecture>``, or ``None`` when ``model_name_or_path`` does not start so."""
+    if isinstance(model_name_or_path, str) and model_name_or_path.startswith(TIMM_PREFIX):
+        return model_name_or_path[len(TIMM_PREFIX) :]
+    return None
+
+
+def timm_weights_file(path: str) -> str:
+    """The weight file of a timm checkpoint given as a file or a folder (``model.safetensors`` or
+    ``pytorch_model.bin`` in it).
+
+    Raises:
+        UsageError: no such file, or a folder without a weight file.
+    """
+    if os.path.isdir(path):
+        for name in TIMM_WEIGHT_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise UsageError(f"--timm_checkpoint {path}: a folder without {' or '.join(TIMM_WEIGHT_FILES)}")
+    if not os.path.isfile(path):
+        raise UsageError(f"--timm_checkpoint {path}: no such file or folder")
+    return path
+
+
+def wrapped_timm_model(name: str, checkpoint: str | None = None, seed: int = 0) -> TimmWrapperModel:
+    """The timm architecture ``name`` (a tag such as ``resnet18.a1_in1k`` picks that entry's preprocessing) as
+    transformers' ``TimmWrapperModel`` (eval mode), whose config carries timm's ``pretrained_cfg`` for the name, so
+    evaluation preprocesses images as timm's data config for the model says.
+
+    Nothing is downloaded: without ``checkpoint`` the weights are a random initialisation (seeded by ``seed``), a
+    baseline rather than a trained model; with it, the weights are read from a local file (safetensors or a PyTorch
+    state dict, ``state_dict`` / ``model`` / EMA entries as timm reads them) or a folder holding one. A checkpoint's
+    classifier weights are ignored (features are the pooled output); any other weight missing or left over is an
+    error, so no layer silently stays random.
+
+    Raises:
+        UsageError: an unknown architecture or tag (naming ``--model_name_or_path``), or a checkpoint that is missing,
+            unreadable or does not fit the architecture (naming ``--timm_checkpoint``).
+    """
+    flag = f"--model_name_or_path {TIMM_PREFIX}{name}"
+    architecture = name.split(".", 1)[0]
+    check_model_name(architecture, field=f"{flag}:")
+    try:
+        pretrained_cfg = timm.get_pretrained_cfg(name)
+    except RuntimeError as error:  # an unknown tag
+        raise UsageError(f"{flag}: {error}") from error
+    config = TimmWrapperConfig(architecture=architecture)
+    config.pretrained_cfg = pretrained_cfg.to_dict() if pretrained_cfg is not None else {}
+    config.pretrained_cfg.setdefault("input_size", (3, 224, 224))
+    with torch.random.fork_rng(devices=[]):  # the global RNG is left untouched
+        model = TimmWrapperModel(config).eval()
+    reset_to_timm_init(model, seed)
+    if checkpoint is not None:
+        load_timm_weights(model.timm_model, checkpoint)
+    return model
+
+
+def reset_to_timm_init(model: nn.Module, seed: int) -> None:
+    """Give a ``TimmWrapperModel`` (or ``...ForImageClassification``) the random initialisation timm gives its
+    architecture, seeded by ``seed`` (the global RNG is left untouched).
+
+    transformers re-initialises the wrapped layers with its own scheme when it builds the wrapper; the architecture's
+    random init is timm's own (as the image objectives build their backbones), so a random-init baseline of an export
+    equals that of the run it came from.
+    """
+    config = model.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        native = timm.create_model(config.architecture, pretrained=False, num_classes=0, **(config.model_args or {}))
+    # a classification wrapper keeps its new head as built (as a pretrained backbone's new head is), so its backbone
+    # is exactly the feature extractor's at the same seed
+    missing, unexpected = model.timm_model.load_state_dict(native.state_dict(), strict=False)
+    head = (getattr(model.timm_model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    if unexpected or any(not key.startswith(heads) for key in missing):
+        raise RuntimeError(f"timm's {config.architecture} does not fit its wrapper: {missing or unexpected}")
+
+
+def load_timm_weights(model: nn.Module, checkpoint: str) -> None:
+    """Copy a local timm checkpoint (file or folder, see :func:`timm_weights_file`) into ``model`` (built without
+    classifier); the checkpoint's classifier weights are dropped.
+
+    Raises:
+        UsageError: the file is missing or unreadable, or weights are missing, left over or of the wrong shape.
+    """
+    path = timm_weights_file(checkpoint)
+    try:
+        state = timm.models.load_state_dict(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (a corrupt or foreign file: one line naming it)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--timm_checkpoint {checkpoint}: cannot read weights from {path}: {first}") from error
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(tuple(f"{c}." for c in classifiers))}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
+        problems += [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in mismatched]
+        shown = ", ".join(problems[:4]) + (", ..." if len(problems) > 4 else "")
+        raise UsageError(
+            f"--timm_checkpoint {checkpoint}: its weights do not fit {type(model).__name__} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} of the wrong shape: {shown})"
+        )
+    model.load_state_dict(state)

@@ -162,6 +162,33 @@ def position_offset(encoder_config: PretrainedConfig) -> int:
     return 0
 
 
+def max_sequence_length(config: PretrainedConfig) -> int | None:
+    """The most tokens per sequence (special tokens included) the encoder of ``config`` reads: its
+    ``max_position_embeddings`` less the positions its family reserves (:func:`position_offset`, e.g. RoBERTa's
+    ``pad_token_id + 1``); the config's own, or that of its ``encoder`` / ``text_config`` sub-config (hf_ssl's
+    composite configs). ``None`` for an encoder without absolute positions (no limit of its own).
+
+    This is the limit sentence-transformers and transformers' pipelines should truncate to, not the length a run
+    trained on (a tokenizer trained by hf_ssl records the training crop as its ``model_max_length``).
+    """
+    for candidate in (config, getattr(config, "encoder", None), getattr(config, "text_config", None)):
+        positions = getattr(candidate, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            return positions - position_offset(candidate)
+    return None
+
+
+def training_length(tokenizer: Any, config: PretrainedConfig) -> int | None:
+    """The pretraining crop a checkpoint's tokenizer records, or ``None``: hf_ssl's text objectives save the tokenizer
+    with ``model_max_length`` set to ``--max_seq_length`` (SimCSE always, MLM when it trained the tokenizer), so a
+    value below the encoder's own limit (:func:`max_sequence_length`) is the training length."""
+    recorded = getattr(tokenizer, "model_max_length", None)
+    limit = max_sequence_length(config)
+    if not isinstance(recorded, int) or recorded <= 0 or (limit is not None and recorded >= limit):
+        return None
+    return recorded if limit is not None or recorded < 100_000 else None
+
+
 def check_sequence_length(config: PretrainedConfig, max_seq_length: int) -> None:
     """Raise :class:`UsageError` when the encoder has fewer positions than ``max_seq_length`` needs."""
     encoder = config.encoder

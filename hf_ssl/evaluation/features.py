@@ -3,12 +3,15 @@
 Which pooler a checkpoint's backbone needs is registered per ``model_type`` (:func:`register_features`, called when an
 objective is registered, and for the exports read back through transformers' wrappers). A plain text encoder that
 no objective registered (an MLM or SimCSE export, a sentence-transformers model, a Hub encoder such as
-``bert-base-uncased``) is read as :func:`plain_text_features` says.
+``bert-base-uncased``) is read as :func:`plain_text_features` says, a plain speech encoder (``Wav2Vec2Model``,
+``HubertModel``, ``Data2VecAudioModel``, ...) as :func:`plain_audio_features` says, and ``timm:<architecture>`` is a
+timm model by name (:func:`~hf_ssl.backbones.timm.wrapped_timm_model`).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +20,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from hf_ssl.backbones import check_checkpoint_path, load_backbone
+from hf_ssl.backbones.sentence_transformers import is_sentence_transformer, read_pooling
+from hf_ssl.backbones.timm import timm_model_name, wrapped_timm_model
 from hf_ssl.backbones.transformers import masked_mean
 from hf_ssl.checkpoints import check_weights
 from hf_ssl.data.loading import Modality
 from hf_ssl.errors import UsageError
-from hf_ssl.export.sentence_transformers import read_pooling
+
+logger = logging.getLogger(__name__)
 
 Encoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """``inputs (e.g. {"pixel_values": (B, C, H, W)}) -> features (B, F)``."""
@@ -89,7 +95,7 @@ def plain_text_features(model_name_or_path: str, config: PretrainedConfig) -> Fe
     Raises:
         UsageError: a sentence-transformers folder pooled otherwise (e.g. ``max``).
     """
-    if os.path.isfile(os.path.join(model_name_or_path, "modules.json")):
+    if is_sentence_transformer(model_name_or_path):
         pooling = read_pooling(model_name_or_path)
         if pooling not in ("cls", "mean"):
             raise UsageError(
@@ -105,35 +111,114 @@ def plain_text_features(model_name_or_path: str, config: PretrainedConfig) -> Fe
     return FeatureSpec("text", mean_of_tokens, "mean of the token states", optional_weights=("pooler.",))
 
 
+def frame_weights(attention_mask: torch.Tensor | None, num_frames: int, batch_size: int) -> torch.Tensor:
+    """``(B, T)`` weights that average over each clip's unpadded frames (rows sum to 1).
+
+    A clip's frame count is its share of the padded sample length, ``num_frames * samples // padded samples``
+    (at least 1): the frames of the padding are left out, as in the wav2vec objective's pooling.
+    """
+    if attention_mask is None:
+        return torch.full((batch_size, num_frames), 1.0 / num_frames)
+    lengths = (attention_mask.sum(-1).long() * num_frames) // attention_mask.shape[1]  # (B,)
+    lengths = lengths.clamp(min=1, max=num_frames)
+    mask = (torch.arange(num_frames, device=attention_mask.device)[None, :] < lengths[:, None]).float()  # (B, T)
+    return mask / mask.sum(1, keepdim=True)
+
+
+def mean_of_frames_per_layer(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mean over unpadded frames of each layer's output of a speech encoder: ``{"layer_0": (B, H), ...,
+    "layer_N": (B, H)}`` (``layer_0``: the transformer's input); without ``hidden_states`` (the audio task asks for
+    them), the mean of ``last_hidden_state`` alone."""
+    last = outputs.last_hidden_state  # (B, T, H)
+    weights = frame_weights(inputs.get("attention_mask"), last.shape[1], last.shape[0]).to(last.device, last.dtype)
+
+    def pool(states: torch.Tensor) -> torch.Tensor:
+        return (states * weights[..., None]).sum(1)  # (B, T, H) -> (B, H)
+
+    hidden = getattr(outputs, "hidden_states", None)
+    if not hidden:
+        return pool(last)
+    return {f"layer_{i}": pool(states) for i, states in enumerate(hidden)}
+
+
+def plain_audio_features(config: PretrainedConfig) -> FeatureSpec | None:
+    """How to read a speech encoder that no objective registered, or ``None`` when the config is not one: a family
+    that transformers fine-tunes for CTC and that reads raw waveforms through a convolutional front end
+    (``conv_kernel`` / ``conv_stride`` in its config: wav2vec 2.0, HuBERT, data2vec-audio, WavLM, UniSpeech, SEW,
+    ...) is pooled by the mean over its frames, per layer, as the wav2vec objective's features are."""
+    if config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES or not getattr(config, "conv_kernel", None):
+        return None
+    return FeatureSpec(
+        "audio",
+        mean_of_frames_per_layer,
+        "mean over unpadded frames of each transformer layer's output (layer_0: its input)",
+    )
+
+
 def feature_spec(model_name_or_path: str, config: PretrainedConfig) -> FeatureSpec:
     """The :class:`FeatureSpec` of a checkpoint: registered for its ``model_type``, else that of a plain text
-    encoder (:func:`plain_text_features`).
+    encoder (:func:`plain_text_features`) or of a plain speech encoder (:func:`plain_audio_features`).
 
     Raises:
-        UsageError: neither.
+        UsageError: none of these.
     """
-    spec = FEATURE_SPECS.get(config.model_type) or plain_text_features(model_name_or_path, config)
+    spec = (
+        FEATURE_SPECS.get(config.model_type)
+        or plain_text_features(model_name_or_path, config)
+        or plain_audio_features(config)
+    )
     if spec is None:
         raise UsageError(
-            f"cannot evaluate a {config.model_type!r} checkpoint; known model types: "
-            f"{', '.join(sorted(FEATURE_SPECS))} and text encoders with a masked-LM head"
+            f"--model_name_or_path {model_name_or_path}: cannot evaluate a {config.model_type!r} checkpoint; it reads "
+            f"model types {', '.join(sorted(FEATURE_SPECS))}, text encoders with a masked-LM head, "
+            "sentence-transformers folders, speech encoders with a convolutional front end, and timm:<architecture>"
         )
     return spec
 
 
-def load_features(model_name_or_path: str) -> tuple[PreTrainedModel, FeatureSpec]:
+def load_features(model_name_or_path: str, timm_checkpoint: str | None = None) -> tuple[PreTrainedModel, FeatureSpec]:
     """A checkpoint's backbone (eval mode) and how evaluation reads its features.
+
+    Args:
+        model_name_or_path: a checkpoint folder (a pretraining run, an export, any transformers, timm or
+            sentence-transformers folder evaluation reads, see :func:`feature_spec`) or Hub id, or
+            ``timm:<architecture>``: a timm model by name, at random initialisation unless ``timm_checkpoint``
+            gives local weights (the results then say which).
+        timm_checkpoint: weights of a ``timm:`` model, a file or a folder holding one.
 
     Raises:
         UsageError: no checkpoint there, one that evaluation cannot read, one whose ``model.safetensors`` is
-            truncated or corrupt (named before anything is loaded), or one that lacks weights it reads.
+            truncated or corrupt (named before anything is loaded), or one that lacks weights it reads; a
+            ``timm_checkpoint`` for anything but a ``timm:`` name.
     """
-    path = check_checkpoint_path(model_name_or_path)
+    name = timm_model_name(model_name_or_path)
+    if name is not None:
+        model = wrapped_timm_model(name, timm_checkpoint)
+        spec = FEATURE_SPECS["timm_wrapper"]
+        if timm_checkpoint is None:
+            logger.warning("%s has random weights (no --timm_checkpoint): a baseline, not a trained model", name)
+            weights = f"{name} at random initialisation (no weights given: a baseline, not a trained model)"
+        else:
+            weights = f"{name} with the weights of {timm_checkpoint}"
+        return model, dataclasses.replace(spec, description=f"{spec.description} of {weights}")
+    if timm_checkpoint is not None:
+        raise UsageError(
+            f"--timm_checkpoint is for a timm architecture named as --model_name_or_path timm:<name>, not "
+            f"{model_name_or_path} (a folder holds its own weights)"
+        )
+    try:
+        path = check_checkpoint_path(model_name_or_path)
+    except UsageError as error:
+        raise UsageError(f"--model_name_or_path {error}") from error
     check_weights(path, what="--model_name_or_path")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: cannot read a checkpoint config: {error}") from error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"--model_name_or_path {path}: cannot read a checkpoint config (a folder, a Hub id, or timm:<architecture> "
+            f"for a timm model by name): {first}"
+        ) from error
     spec = feature_spec(path, config)
     return load_backbone(path, optional_weights=spec.optional_weights), spec
 

@@ -15,30 +15,22 @@ from typing import Any
 import datasets
 import torch
 from datasets import ClassLabel, Dataset
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
+from hf_ssl.backbones import random_init_backbone
 from hf_ssl.data import find_column, find_label_column, load_data
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
 from hf_ssl.evaluation.features import default_device, extract_feature_sets, load_features, model_encoder
+from hf_ssl.evaluation.finetune import finetune_results
 from hf_ssl.evaluation.knn import knn_accuracy
 from hf_ssl.evaluation.linear_probe import linear_probe_accuracy
+from hf_ssl.evaluation.sts import looks_like_sts
 from hf_ssl.evaluation.tasks import FeatureCollator, get_task
+from hf_ssl.evaluation.tasks.sts import evaluate_sts
 
 logger = logging.getLogger(__name__)
 
 LINEAR_PROBE_WEIGHT_DECAY = 1e-4
-
-
-def random_init_backbone(config: PretrainedConfig, seed: int) -> PreTrainedModel:
-    """The architecture of ``config`` at random initialisation, seeded; the global RNG is left untouched.
-
-    Building a model never downloads weights (objectives load pretrained backbones only when a run starts), so the
-    baseline is random even for a config that started from pretrained weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoModel.from_config(config).eval()
 
 
 def _split_columns(
@@ -165,22 +157,23 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
         A JSON-able dict: ``model``, ``modality``, ``features`` (what the features are), ``dataset``, ``split``,
         ``train_split``, ``num_train``, ``num_test``, ``num_classes``, ``num_features``, ``knn`` (``accuracy``,
         ``k``, ``temperature``), ``linear_probe`` (``accuracy``, ``weight_decay``), and with baselines
-        ``baselines.random_init`` and the task's (``baselines.raw_pixels``) holding the same keys. Also written to
-        ``args.output_file`` when given.
+        ``baselines.random_init`` and the task's (``baselines.raw_pixels``) holding the same keys. With
+        ``args.protocol`` ``finetune`` (instead of kNN and the probe) or ``all`` (as well), ``finetune``
+        (``accuracy``, ``steps``, ``learning_rate``, ...: :func:`~hf_ssl.evaluation.finetune.finetune`) on the model
+        and on ``baselines.random_init``. Also written to ``args.output_file`` when given.
 
     Raises:
         UsageError: a missing checkpoint, split, input or label column (the message lists what exists), unusable
             labels, or a checkpoint whose weights do not fit its backbone.
     """
-    from hf_ssl.evaluation.sts import looks_like_sts  # the STS task imports this module
-    from hf_ssl.evaluation.tasks.sts import evaluate_sts
-
     if args.task == "sts" or (
         args.task == "auto" and looks_like_sts(args.dataset_name, args.split, cache_dir=args.cache_dir)
     ):
+        if args.protocol != "frozen":
+            raise UsageError(f"--protocol {args.protocol}: split {args.split!r} holds STS sentence pairs, no classes")
         return evaluate_sts(args)
     started = time.perf_counter()
-    model, spec = load_features(args.model_name_or_path)
+    model, spec = load_features(args.model_name_or_path, timm_checkpoint=args.timm_checkpoint)
     task = get_task(spec.modality)
     preprocess = task.preprocessor(args.model_name_or_path, model.config)
 
@@ -202,21 +195,23 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
     collator = FeatureCollator(preprocess, column, label_column)
 
     device = default_device()
-    encoders: dict[str, Any] = {"pretrained": model_encoder(model.to(device), spec.pool)}
-    if args.baselines:
-        random_init = random_init_backbone(model.config, args.seed).to(device)
-        encoders["random_init"] = model_encoder(random_init, spec.pool)
-        encoders.update(task.baselines(model.config))
+    encoders: dict[str, Any] = {}
     extracted = {}
-    for split, ds in zip(splits, (train, test), strict=True):
-        logger.info("%s features of %d %r rows on %s", ", ".join(encoders), len(ds), split, device)
-        extracted[split] = extract_feature_sets(encoders, ds, collator, batch_size=args.batch_size, device=device)
-    if args.baselines:  # baselines fitted on the raw training values (e.g. TF-IDF), applied to both splits
-        for name, fit in task.fitted_baselines(model.config).items():
-            features = fit(train[column], test[column])
-            for split, split_features in zip(splits, features, strict=True):
-                extracted[split][0][name] = split_features
-                encoders[name] = fit
+    if args.protocol != "finetune":  # the frozen-feature protocols
+        encoders["pretrained"] = model_encoder(model.to(device), spec.pool)
+        if args.baselines:
+            random_init = random_init_backbone(model.config, args.seed).to(device)
+            encoders["random_init"] = model_encoder(random_init, spec.pool)
+            encoders.update(task.baselines(model.config))
+        for split, ds in zip(splits, (train, test), strict=True):
+            logger.info("%s features of %d %r rows on %s", ", ".join(encoders), len(ds), split, device)
+            extracted[split] = extract_feature_sets(encoders, ds, collator, batch_size=args.batch_size, device=device)
+        if args.baselines:  # baselines fitted on the raw training values (e.g. TF-IDF), applied to both splits
+            for name, fit in task.fitted_baselines(model.config).items():
+                features = fit(train[column], test[column])
+                for split, split_features in zip(splits, features, strict=True):
+                    extracted[split][0][name] = split_features
+                    encoders[name] = fit
 
     def protocols(name: str) -> dict[str, Any]:
         (train_features, train_labels), (test_features, test_labels) = (extracted[s] for s in splits)
@@ -251,7 +246,7 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
         "num_train": len(train),
         "num_test": len(test),
         "num_classes": num_classes,
-        **protocols("pretrained"),
+        **(protocols("pretrained") if encoders else {}),
     }
     if spec.extra_metrics is not None:  # the objective's own measures on the evaluated split
         extra = spec.extra_metrics(model, test, column, preprocess)
@@ -260,6 +255,11 @@ def evaluate(args: EvaluationArguments) -> dict[str, Any]:
     if args.baselines:
         results["baselines"] = {name: protocols(name) for name in encoders if name != "pretrained"}
         results["seed"] = args.seed
+    if args.protocol != "frozen":  # the backbone fine-tuned end to end, and the random init the same way
+        tuned = finetune_results(args, model, spec, train, test, collator, num_classes)
+        results["finetune"] = tuned["pretrained"]
+        if args.baselines:
+            results["baselines"].setdefault("random_init", {})["finetune"] = tuned["random_init"]
     logger.info("evaluated in %.1f s", time.perf_counter() - started)
 
     if args.output_file:

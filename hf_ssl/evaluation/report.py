@@ -1,7 +1,7 @@
 """Evaluation results as text: an aligned table for the terminal, Markdown for model cards.
 
 Rows and columns come from the result keys: the evaluated model, then each entry of ``baselines``; one column per
-protocol present (kNN, linear probe, STS), so a new task or baseline needs no change here.
+protocol present (kNN, linear probe, fine-tuning, STS), so a new task or baseline needs no change here.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 PROTOCOLS: tuple[tuple[str, str], ...] = (
     ("knn", "kNN accuracy"),
     ("linear_probe", "linear probe accuracy"),
+    ("finetune", "fine-tune accuracy"),
     ("sts", "STS Spearman"),
 )
 """(result key, column label) of every protocol a result may hold, in table order."""

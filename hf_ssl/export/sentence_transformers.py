@@ -16,10 +16,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_ssl.backbones.sentence_transformers import POOLING_MODES
 from hf_ssl.errors import check_choice
-
-POOLING_MODES = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
-"""Our pooling names -> the flag of sentence-transformers' ``Pooling`` config."""
 
 SENTENCE_TRANSFORMERS_FILES = (
     "modules.json",
@@ -68,7 +66,9 @@ def save_sentence_transformer(
         tokenizer: its tokenizer.
         output_dir: the folder to write (created if needed).
         pooling: ``"cls"`` (first token), ``"mean"`` (mean over non-padding tokens) or ``"max"``.
-        max_seq_length: tokens per sentence, special tokens included.
+        max_seq_length: tokens per sentence, special tokens included: the encoder's own limit
+            (:func:`~hf_ssl.backbones.transformers.max_sequence_length`), as sentence-transformers sets it for a
+            plain encoder, so that users' sentences are read whole; a training crop here would cut them silently.
         normalize: add a ``Normalize`` module (unit-length embeddings).
         similarity_fn_name: the model's similarity (``"cosine"``, ``"dot"``, ...), read by ``model.similarity``.
 
@@ -105,23 +105,6 @@ def save_sentence_transformer(
         {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": similarity_fn_name},
     )
     return output_dir
-
-
-def read_pooling(folder: str | Path) -> str | None:
-    """The pooling (``"cls"``, ``"mean"``, ``"max"``) of a sentence-transformers folder, or ``None`` when the folder
-    is not one (no ``modules.json``) or uses another pooling."""
-    folder = Path(folder)
-    if not (folder / "modules.json").is_file():
-        return None
-    modules = json.loads((folder / "modules.json").read_text())
-    for module in modules:
-        if module.get("type", "").endswith("Pooling"):
-            config = json.loads((folder / module["path"] / "config.json").read_text())
-            if "pooling_mode" in config:  # sentence-transformers >= 6 writes one name
-                return config["pooling_mode"] if config["pooling_mode"] in POOLING_MODES else None
-            chosen = [mode for mode, flag in POOLING_MODES.items() if config.get(flag)]
-            return chosen[0] if len(chosen) == 1 else None
-    return None
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+from hf_ssl.backbones.transformers import max_sequence_length
 from hf_ssl.data.text import TOKENIZER_FILES
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ def save_transformers_model(
             ``BertForMaskedLM``: ``AutoModel`` then loads its base model and ``AutoModelForSequenceClassification``
             adds a fresh classifier on top.
         output_dir: the folder (created if needed).
-        tokenizer: written beside the weights; ``None`` writes none (a warning: users then need the right one).
+        tokenizer: written beside the weights; ``None`` writes none (a warning: users then need the right one). Its
+            ``model_max_length`` is set to what the model reads (its positions, less RoBERTa-style offsets), so
+            ``pipeline`` and ``truncation=True`` cut at the model's limit, not at a training crop the tokenizer
+            recorded (hf_ssl's trained tokenizers record ``--max_seq_length``).
 
     Returns:
         The folder.
@@ -58,6 +62,12 @@ def save_transformers_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)  # safetensors by default
     if tokenizer is not None:
+        limit = max_sequence_length(config)
+        if limit is not None and tokenizer.model_max_length != limit:
+            logger.info(
+                "exported tokenizer's model_max_length %s -> %d (the model's)", tokenizer.model_max_length, limit
+            )
+            tokenizer.model_max_length = limit  # pipelines truncate to it: the whole input, not a training crop
         tokenizer.save_pretrained(output_dir)
     else:
         logger.warning("no tokenizer to export with %s: users of %s must bring the right one", type(model), output_dir)

@@ -41,7 +41,7 @@ def test_the_text_task_tokenises_with_the_checkpoint_tokenizer(checkpoint, tmp_p
     preprocess = get_task("text").preprocessor(str(checkpoint), config)
     inputs = preprocess(["a short one", "a much longer sentence " * 20, None])
     assert set(inputs) >= {"input_ids", "attention_mask"}
-    assert inputs["input_ids"].shape == (3, 24)  # padded to the longest, which is cut at model_max_length
+    assert inputs["input_ids"].shape == (3, 64)  # padded to the longest, which is cut at the encoder's 64 positions
     assert inputs["attention_mask"][0].sum() < 24 and inputs["attention_mask"][2].sum() == 2  # None: [CLS] [SEP]
     with pytest.raises(UsageError, match="no tokenizer saved with the checkpoint"):
         text_preprocessor(str(tmp_path), config)
@@ -54,16 +54,29 @@ def test_rows_are_sorted_by_length_with_their_labels():
     assert ordered.column_names == ["text", "label"]
 
 
-def test_max_length_is_capped_by_512_and_the_positions():
-    class Tok:
-        model_max_length = int(1e30)  # what transformers reports when a tokenizer does not know
-
-    assert text_max_length(Tok(), BertConfig(max_position_embeddings=4096)) == 512
-    assert text_max_length(Tok(), MLMConfig(encoder={**ENCODER, "max_position_embeddings": 100})) == 100
+def test_max_length_is_what_the_encoder_reads_capped_by_512(checkpoint, tmp_path):
+    """The encoder's positions (less RoBERTa-style offsets), at most 512; a tokenizer's model_max_length (a trained
+    one records the pretraining crop: 24 in the fixture) is not a limit; a sentence-transformers folder's
+    max_seq_length is."""
+    assert text_max_length(BertConfig(max_position_embeddings=4096)) == 512
+    assert text_max_length(MLMConfig(encoder={**ENCODER, "max_position_embeddings": 100})) == 100
     roberta = RobertaConfig(max_position_embeddings=130, pad_token_id=1)
-    assert text_max_length(Tok(), roberta) == 128  # positions start after the padding index
+    assert text_max_length(roberta) == 128  # positions start after the padding index
     pre_ln = RobertaPreLayerNormConfig(max_position_embeddings=130, pad_token_id=1)
-    assert text_max_length(Tok(), pre_ln) == 128  # so do pre-LN RoBERTa's
+    assert text_max_length(pre_ln) == 128  # so do pre-LN RoBERTa's
+
+    config = MLMConfig.from_pretrained(checkpoint)
+    preprocess = text_preprocessor(str(checkpoint), config)
+    assert preprocess.tokenizer.model_max_length == 24 and preprocess.max_length == 64
+    assert preprocess([" ".join(["word"] * 200)])["input_ids"].shape[1] == 64
+
+    from transformers import BertModel
+
+    from hf_ssl.export.sentence_transformers import save_sentence_transformer
+
+    encoder = BertModel(BertConfig(**ENCODER, vocab_size=len(preprocess.tokenizer), max_position_embeddings=64))
+    save_sentence_transformer(encoder, preprocess.tokenizer, tmp_path, pooling="mean", max_seq_length=40)
+    assert text_max_length(encoder.config, str(tmp_path)) == 40
 
 
 def test_tfidf_baseline_is_fitted_on_the_training_texts_only():

@@ -7,6 +7,7 @@ a tiny config and a batch of inputs (with every random input injected); pytest t
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -219,6 +220,38 @@ class ObjectiveChecks:
             torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
         record = json.loads((killed / "hf_ssl_run.json").read_text())
         assert record["global_step"] == 8
+
+    def test_health_is_logged_quietly_and_changes_no_weight(self, tmp_path):
+        """Health on (every step) logs at each step every ``health/*`` value the model's own ``health`` gives, warns
+        nothing on a healthy tiny run, and ends with exactly the weights and buffers of the same run with health off
+        (``--health_steps 0``, which logs none)."""
+        from hf_ssl.cli import main
+        from hf_ssl.health import measure
+
+        config = self.tiny_config()
+        expected = set(measure(self._model(config).health(self.batch(config)))) | {"health/rankme", "health/loss"}
+        flags = ["--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+                 "--disable_tqdm", "true", "--seed", "3", "--dataloader_num_workers", "0"]  # fmt: skip
+        records = {}
+        for name, every in (("on", "1"), ("off", "0")):
+            out = tmp_path / name
+            main(["pretrain", self.objective.name, *self.pretrain_flags(), *flags, "--health_steps", every,
+                  "--output_dir", str(out)])  # fmt: skip
+            records[name] = json.loads((out / "hf_ssl_run.json").read_text())
+        logged = {entry["step"]: entry for entry in records["on"]["log_history"] if "health/loss" in entry}
+        assert sorted(logged) == [1, 2]
+        for record in records.values():  # the step's own training log still comes
+            assert [entry["step"] for entry in record["log_history"] if "loss" in entry] == [1, 2]
+        for entry in logged.values():
+            health = {key for key in entry if key.startswith("health/")}
+            assert health == expected, health ^ expected
+            assert all(math.isfinite(entry[key]) for key in health)
+        assert records["on"]["warnings"] == []
+        assert not any(key.startswith("health/") for entry in records["off"]["log_history"] for key in entry)
+        on, off = load_file(tmp_path / "on" / "model.safetensors"), load_file(tmp_path / "off" / "model.safetensors")
+        assert on.keys() == off.keys()
+        for name, tensor in off.items():
+            torch.testing.assert_close(on[name], tensor, atol=0, rtol=0, msg=name)
 
     def test_half_written_checkpoint_is_skipped_and_a_truncated_one_refused(self, tmp_path):
         """``--resume_from_checkpoint true`` takes the newest complete checkpoint (a newer one without its trainer

@@ -4,7 +4,6 @@ callbacks (the export is checked in test_wav2vec_objective.py)."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from hf_ssl.masking import compute_span_mask, sample_negative_indices
 from hf_ssl.models.wav2vec import (
     AudioCollator,
     GumbelTemperatureCallback,
-    Wav2VecCollapseMonitor,
     Wav2VecConfig,
     Wav2VecForPreTraining,
     Wav2VecModel,
@@ -403,12 +401,3 @@ def test_gumbel_callback_anneals_and_floors():
     logs = {"loss": 1.0}
     callback.on_log(None, state, TrainerControl(), logs=logs)
     assert logs["gumbel_temperature"] == 0.5
-
-
-def test_collapse_monitor_warns(caplog):
-    monitor = Wav2VecCollapseMonitor(num_codevector_groups=2)
-    with caplog.at_level(logging.WARNING):
-        assert monitor.check({"loss": 3.0, "contrastive_loss": 2.9, "codevector_perplexity": 150.0}) == []
-        assert "codebook collapse" in monitor.check({"loss": 3.0, "codevector_perplexity": 2.5})[0]
-        assert "about 0" in monitor.check({"loss": 1e-5, "contrastive_loss": 1e-5, "codevector_perplexity": 100})[0]
-    assert "codebook collapse" in caplog.text

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
+from hf_ssl.backbones import random_init_backbone
+from hf_ssl.backbones.transformers import max_sequence_length
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.arguments import EvaluationArguments
 from hf_ssl.evaluation.features import FeatureSpec, default_device, load_features, mean_of_tokens, model_encoder
@@ -39,9 +41,9 @@ def _encoder_config(config: PretrainedConfig) -> PretrainedConfig:
 
 
 def max_length_for(config: PretrainedConfig) -> int:
-    """:data:`EVAL_MAX_LENGTH`, or fewer if the encoder has fewer positions."""
-    positions = getattr(_encoder_config(config), "max_position_embeddings", None)
-    return min(EVAL_MAX_LENGTH, positions) if isinstance(positions, int) else EVAL_MAX_LENGTH
+    """:data:`EVAL_MAX_LENGTH`, or fewer if the encoder reads fewer tokens
+    (:func:`~hf_ssl.backbones.transformers.max_sequence_length`: its positions less RoBERTa-style offsets)."""
+    return min(EVAL_MAX_LENGTH, max_sequence_length(config) or EVAL_MAX_LENGTH)
 
 
 def load_sentence_encoder(model_name_or_path: str) -> tuple[torch.nn.Module, FeatureSpec]:
@@ -85,8 +87,6 @@ def evaluate_sts(args: EvaluationArguments) -> dict[str, Any]:
     Raises:
         UsageError: no dataset, columns or checkpoint as described.
     """
-    from hf_ssl.evaluation.pipeline import random_init_backbone
-
     started = time.perf_counter()
     if not args.dataset_name:
         raise UsageError("STS evaluation needs --dataset_name: a dataset of (sentence1, sentence2, score) pairs")

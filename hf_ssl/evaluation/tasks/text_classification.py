@@ -15,7 +15,8 @@ import torch
 from datasets import Dataset
 from transformers import PretrainedConfig
 
-from hf_ssl.backbones.transformers import position_offset
+from hf_ssl.backbones.sentence_transformers import read_max_seq_length
+from hf_ssl.backbones.transformers import max_sequence_length
 from hf_ssl.data.text import (
     DEFAULT_TEXT_CLASSIFICATION_DATASET,
     load_default_text_classification,
@@ -25,30 +26,22 @@ from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.tasks.base import ClassificationTask, FittedBaseline, Preprocessor, register_task
 
 MAX_LENGTH_CAP = 512
-"""Texts are truncated to the tokenizer's ``model_max_length``, at most this and the encoder's positions."""
+"""Texts are truncated to what the encoder reads, at most this (see :func:`text_max_length`)."""
 TFIDF_MAX_FEATURES = 50_000
 TFIDF_COMPONENTS = 256
 
 
-def max_positions(config: PretrainedConfig) -> int | None:
-    """The encoder's ``max_position_embeddings``: the config's own, or that of its ``encoder`` / ``text_config``
-    sub-config (hf_ssl's composite configs)."""
-    for candidate in (config, getattr(config, "encoder", None), getattr(config, "text_config", None)):
-        positions = getattr(candidate, "max_position_embeddings", None)
-        if isinstance(positions, int):
-            return positions
-    return None
+def text_max_length(config: PretrainedConfig, model_name_or_path: str | None = None) -> int:
+    """Tokens per text at evaluation: what the encoder reads (:func:`~hf_ssl.backbones.transformers.
+    max_sequence_length`: its positions, less RoBERTa-style offsets), at most 512, and at most the
+    ``max_seq_length`` of a sentence-transformers folder (what ``SentenceTransformer(path).encode`` reads).
 
-
-def text_max_length(tokenizer: Any, config: PretrainedConfig) -> int:
-    """Tokens per text at evaluation: ``min(tokenizer.model_max_length, 512, max positions)``, the positions less
-    RoBERTa-style offsets (``pad_token_id + 1``) where the encoder has them."""
-    length = min(int(tokenizer.model_max_length or MAX_LENGTH_CAP), MAX_LENGTH_CAP)
-    positions = max_positions(config)
-    if positions is not None:
-        positions -= position_offset(getattr(config, "encoder", None) or config)
-        length = min(length, positions)
-    return length
+    The tokenizer's ``model_max_length`` is not read: a tokenizer hf_ssl trained records the pretraining crop there,
+    and evaluation reads what a user of the export gets (the whole input), so a run and its export evaluate alike.
+    """
+    length = min(max_sequence_length(config) or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
+    declared = read_max_seq_length(model_name_or_path) if model_name_or_path else None
+    return min(length, declared) if declared else length
 
 
 def text_preprocessor(model_name_or_path: str, config: PretrainedConfig) -> Preprocessor:
@@ -64,7 +57,7 @@ def text_preprocessor(model_name_or_path: str, config: PretrainedConfig) -> Prep
         raise UsageError(
             f"{model_name_or_path}: no tokenizer saved with the checkpoint, so its texts cannot be tokenised ({error})"
         ) from error
-    max_length = text_max_length(tokenizer, config)
+    max_length = text_max_length(config, model_name_or_path)
 
     def preprocess(values: list[Any]) -> dict[str, torch.Tensor]:
         texts = [value if isinstance(value, str) else "" for value in values]  # a missing text: an empty one

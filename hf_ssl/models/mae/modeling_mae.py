@@ -30,6 +30,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import mean_over_items
 from hf_ssl.masking import num_visible_patches, random_patch_masking
 from hf_ssl.models.mae.configuration_mae import MAEConfig
@@ -420,6 +421,24 @@ class MAEForPreTraining(MAEPreTrainedModel):
         if return_dict is False or (return_dict is None and not self.config.return_dict):
             return loss, pred, mask, ids_restore
         return MAEForPreTrainingOutput(loss=loss, logits=pred, mask=mask, ids_restore=ids_restore)
+
+    def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the encoder's pooled features of the whole images
+        (what fine-tuning keeps), the loss, and ``reconstruction_error``, the mean squared error of the removed
+        patches in the input's pixel space (the prediction de-normalised per patch when ``norm_pix_loss``)."""
+        pixel_values = batch["pixel_values"]
+        latent, mask, ids_restore = self.forward_encoder(pixel_values, batch.get("noise"))
+        pred = self.forward_decoder(latent, ids_restore).float()  # (B, L, p*p*C)
+        loss = self.forward_loss(pixel_values, pred, mask)
+        patches = self.patchify(pixel_values.float())  # (B, L, p*p*C)
+        if self.config.norm_pix_loss:  # back to pixels with each true patch's mean and std, as the target was made
+            mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+            pred = pred * (var + 1.0e-6) ** 0.5 + mean
+        mask = mask.float()
+        error = ((pred - patches).pow(2).mean(dim=-1) * mask).sum() / mask.sum().clamp(min=1.0)
+        features = self.mae(pixel_values, return_dict=True).pooler_output  # (B, D)
+        scalars = {"reconstruction_error": error}
+        return HealthOutput(embeddings=features, loss=loss, scalars=scalars, isotropic=False)
 
 
 # --- weights of transformers' ViTMAE --------------------------------------------------------------------------

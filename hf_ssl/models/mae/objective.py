@@ -14,8 +14,8 @@ from transformers import AutoConfig, AutoModelForPreTraining
 
 from hf_ssl._version import __version__
 from hf_ssl.backbones import load_backbone
-from hf_ssl.backbones.timm import eval_transform, image_processor
-from hf_ssl.data import ImageDataArguments, find_column, load_data, prepare_images, to_pil, undecoded
+from hf_ssl.backbones.timm import image_processor
+from hf_ssl.data import ImageDataArguments, find_column, load_data, prepare_images, undecoded
 from hf_ssl.data.loading import DEFAULT_DATASET, load_digits_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import FeatureSpec
@@ -28,10 +28,12 @@ from hf_ssl.export.model_card import (
     training_rows,
 )
 from hf_ssl.export.timm import TIMM_FILES, save_timm_backbone
+from hf_ssl.models.mae.callbacks import ReconstructionImagesCallback
 from hf_ssl.models.mae.configuration_mae import MAEConfig
 from hf_ssl.models.mae.modeling_mae import TIMM_ARCHITECTURE, MAEForPreTraining, MAEModel, timm_model_args
+from hf_ssl.models.mae.report import report_pictures
 from hf_ssl.models.mae.transforms import MAECollator, MAETransform
-from hf_ssl.models.mae.visualize import reconstruction_grid
+from hf_ssl.models.mae.visualize import masking_noise, pixel_batch, reconstruction_grid
 from hf_ssl.objectives import Objective, PreparedData
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,7 @@ def export(context: ExportContext) -> None:
         num_patches=(config.image_size // config.patch_size) ** 2,
         num_channels=pretrained_cfg["input_size"][0],
         image_size=config.image_size,
+        fixed_input_size=bool(pretrained_cfg.get("fixed_input_size")),
         interpolation=pretrained_cfg["interpolation"],
         crop_pct=pretrained_cfg["crop_pct"],
         image_mean=list(pretrained_cfg["mean"]),
@@ -241,13 +244,7 @@ def reconstruct(argv: list[str]) -> Path:
         rows = ds[: args.num_images][column]
     if len(rows) < args.num_images:
         logger.warning("split %r has %d images only; the grid shows them all", args.split, len(rows))
-    transform = eval_transform(config.data_config)
-    pixel_values = torch.stack(
-        [transform(to_pil(value, _mode(config), where=f"row {i}")) for i, value in enumerate(rows)]
-    )  # (B, C, H, W)
-    num_patches = (config.image_size // config.patch_size) ** 2
-    noise = torch.rand(len(rows), num_patches, generator=torch.Generator().manual_seed(args.seed))  # (B, L)
-    grid = reconstruction_grid(model, pixel_values, noise=noise)
+    grid = reconstruction_grid(model, pixel_batch(config, rows), noise=masking_noise(config, len(rows), args.seed))
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(output, format="PNG")
@@ -265,6 +262,8 @@ MAE = Objective(
     features=FeatureSpec("image", description=FEATURES, extra_metrics=reconstruction_metrics),
     exporter=Exporter(export, (*TIMM_FILES, "README.md")),
     default_dataset=(DEFAULT_DATASET, load_digits_dataset),
+    callbacks=lambda config: [ReconstructionImagesCallback()],
     commands={"reconstruct": reconstruct},
+    report_pictures=report_pictures,
     summary="masked autoencoder: a ViT encodes 25% of the patches, a light decoder reconstructs the rest",
 )

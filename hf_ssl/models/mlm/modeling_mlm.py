@@ -33,6 +33,7 @@ from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.transformers import TextEncoderPreTrainedModel, create_encoder, masked_mean
 from hf_ssl.errors import UsageError
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import mean_over_items
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 
@@ -340,6 +341,17 @@ class MLMForPreTraining(MLMPreTrainedModel):
             loss = mean_over_items(summed, targets.numel(), num_items_in_batch)
             accuracy = (selected_logits.detach().argmax(dim=-1) == targets).float().mean()
         return MLMForPreTrainingOutput(loss=loss, accuracy=accuracy, logits=logits, last_hidden_state=hidden)
+
+    def health(self, batch: dict[str, Any]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the loss and ``masked_accuracy`` on its masked
+        tokens, and the encoder's sentence features (the mean over tokens, as :class:`MLMModel`) of the unmasked text
+        (each selected token put back)."""
+        labels, mask, types = batch["labels"], batch.get("attention_mask"), batch.get("token_type_ids")
+        output = self(batch["input_ids"], attention_mask=mask, labels=labels, token_type_ids=types)
+        original = torch.where(labels != IGNORE_INDEX, labels, batch["input_ids"])  # (B, L)
+        features = self.mlm(original, attention_mask=mask, token_type_ids=types).pooler_output  # (B, H)
+        scalars = {"masked_accuracy": output.accuracy}
+        return HealthOutput(embeddings=features, loss=output.loss, scalars=scalars, isotropic=False)
 
     def num_items(self, batch: dict[str, Any]) -> torch.Tensor:
         """The tokens this batch predicts (its labels that are not -100)."""

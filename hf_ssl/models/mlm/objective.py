@@ -15,7 +15,12 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForPreTraining, PretrainedConfig
 
 from hf_ssl._version import __version__
-from hf_ssl.backbones.transformers import check_sequence_length, fit_encoder_to_tokenizer
+from hf_ssl.backbones.transformers import (
+    check_sequence_length,
+    fit_encoder_to_tokenizer,
+    max_sequence_length,
+    training_length,
+)
 from hf_ssl.data.text import (
     DEFAULT_TEXT_DATASET,
     TextDataArguments,
@@ -184,10 +189,11 @@ def export(context: ExportContext) -> None:
     if missing:
         raise UsageError(f"{context.model_dir}: {len(missing)} weights are missing ({', '.join(missing[:5])})")
     tokenizer = load_tokenizer_if_any(context.model_dir)
-    family_model = model.to_masked_lm()
-    save_encoder_export(model.eval(), tokenizer, context.output_dir)
     config: MLMConfig = model.config
     encoder = config.encoder
+    trained_length = training_length(tokenizer, encoder) if tokenizer is not None else None
+    family_model = model.to_masked_lm()
+    save_encoder_export(model.eval(), tokenizer, context.output_dir)  # the tokenizer then reads the whole input
     exported = type(family_model).__name__ if family_model is not None else type(model.mlm.encoder).__name__
     label = f"MLM {encoder.model_type}"
     evaluation = context.evaluation
@@ -215,6 +221,8 @@ def export(context: ExportContext) -> None:
         num_heads=_first(encoder, "num_attention_heads", "n_heads"),
         vocab_size=encoder.vocab_size,
         max_positions=getattr(encoder, "max_position_embeddings", None),
+        max_length=max_sequence_length(encoder),
+        training_length=trained_length,
         config=config,
         training_rows=training_rows(context.run_info, unit="sequences"),
         evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,

@@ -9,6 +9,16 @@ from transformers import PretrainedConfig
 from hf_ssl.backbones.timm import backbone_kwargs, check_model_name, data_config, default_normalization
 from hf_ssl.errors import UsageError, check_int, check_range
 
+# The augmentations of SimCLR's pipeline (Chen et al., 2020, appendix A), each with the config value that turns it
+# off; :class:`~hf_ssl.data.SimCLRTransform` applies them in this order.
+AUGMENTATIONS: dict[str, dict[str, float]] = {
+    "crop": {"crop_min_scale": 1.0},
+    "flip": {"hflip_prob": 0.0},
+    "color_jitter": {"color_jitter_prob": 0.0},
+    "grayscale": {"grayscale_prob": 0.0},
+    "blur": {"blur_prob": 0.0},
+}
+
 
 class SimCLRConfig(PretrainedConfig):
     """Configuration of :class:`SimCLRModel` / :class:`SimCLRForPreTraining` (Chen et al., 2020).
@@ -33,11 +43,12 @@ class SimCLRConfig(PretrainedConfig):
         loss_temperature: NT-Xent temperature tau (named so because transformers reserves ``temperature`` for
             generation).
         gather_distributed: use the other processes' views as negatives when training on several processes.
-        crop_min_scale: smallest area fraction of the random resized crop.
-        hflip_prob: probability of a horizontal flip.
-        color_jitter_prob: probability of applying colour jitter.
+        crop_min_scale: smallest area fraction of the random resized crop; 1 turns cropping off (every view is the
+            whole square image, resized to ``image_size``).
+        hflip_prob: probability of a horizontal flip (0: off).
+        color_jitter_prob: probability of applying colour jitter (0: off).
         color_jitter_strength: strength ``s`` of the jitter: brightness, contrast, saturation ``0.8 s``, hue ``0.2 s``.
-        grayscale_prob: probability of converting a view to grayscale.
+        grayscale_prob: probability of converting a view to grayscale (0: off).
         blur_prob: probability of a Gaussian blur (0.5 on ImageNet in the paper, 0 for CIFAR-sized images).
         gradient_cache_chunk_size: in training, encode the batch in chunks of this many images (both views) with
             the gradient cache of Gao et al. (2021, arXiv:2101.06983): the NT-Xent loss and gradients of the whole
@@ -130,6 +141,18 @@ class SimCLRConfig(PretrainedConfig):
         return backbone_kwargs(
             self.backbone, self.image_size, self.num_channels, self.small_image_stem, self.backbone_kwargs
         )
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations this config applies, in pipeline order, among ``AUGMENTATIONS``."""
+        active = {
+            "crop": self.crop_min_scale < 1,
+            "flip": self.hflip_prob > 0,
+            "color_jitter": self.color_jitter_prob > 0 and self.color_jitter_strength > 0,
+            "grayscale": self.grayscale_prob > 0,
+            "blur": self.blur_prob > 0,
+        }
+        return tuple(name for name in AUGMENTATIONS if active[name])
 
     @property
     def data_config(self) -> dict[str, Any]:

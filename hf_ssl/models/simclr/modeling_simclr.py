@@ -14,6 +14,7 @@ from transformers.utils import ModelOutput
 from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
 from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
 from hf_ssl.heads import SimCLRProjectionHead, representation_std
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import nt_xent_loss
 from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
 
@@ -139,6 +140,13 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
             projections=projections,
             features=features,
         )
+
+    def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the backbone features of the two views (the
+        positives of each other) and the NT-Xent loss of this batch alone (no gathering across processes)."""
+        projections, features = self.encode_views(batch["pixel_values"])  # (B, 2, P), (B, 2, F)
+        loss = nt_xent_loss(projections[:, 0], projections[:, 1], self.config.loss_temperature, False)
+        return HealthOutput(embeddings=features[:, 0], positives=features[:, 1], loss=loss)
 
     def encode_views(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``(B, V, C, H, W)`` -> projections ``(B, V, P)`` and backbone features ``(B, V, F)``."""

@@ -74,6 +74,7 @@ def export(context: ExportContext) -> None:
         num_features=backbone.num_features,
         num_channels=pretrained_cfg["input_size"][0],
         image_size=config.image_size,
+        fixed_input_size=bool(pretrained_cfg.get("fixed_input_size")),
         interpolation=pretrained_cfg["interpolation"],
         crop_pct=pretrained_cfg["crop_pct"],
         image_mean=list(pretrained_cfg["mean"]),

@@ -28,6 +28,7 @@ from hf_ssl.backbones.transformers import (
 )
 from hf_ssl.errors import UsageError
 from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import alignment, info_nce_loss, uniformity
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
 
@@ -201,6 +202,33 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
             uniformity=uniformity(sentences[:, 0]),
             embeddings=embeddings,
         )
+
+    def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the sentence embeddings and their positives (two
+        dropout views, so the encoder runs in train mode here, when unsupervised; the given positives otherwise) and
+        the InfoNCE loss of this batch alone (no gathering across processes)."""
+        input_ids = batch["input_ids"]
+        views = 2 if input_ids.ndim == 2 else input_ids.shape[1]
+        flat = {}
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            value = batch.get(name)
+            if value is not None:  # (S * B, L), view-major
+                flat[name] = torch.cat([value, value]) if input_ids.ndim == 2 else value.transpose(0, 1).flatten(0, 1)
+        training = self.training
+        self.train(input_ids.ndim == 2)  # dropout makes the two views of unsupervised SimCSE
+        try:
+            z, embeddings = self.encode_views(flat, views)  # (B, S, H) each
+        finally:
+            self.train(training)
+        loss = info_nce_loss(
+            z[:, 0],
+            z[:, 1],
+            z[:, 2] if views == 3 else None,
+            temperature=self.config.loss_temperature,
+            hard_negative_weight=self.config.hard_negative_weight,
+            gather_distributed=False,
+        )
+        return HealthOutput(embeddings=embeddings[:, 0], positives=embeddings[:, 1], loss=loss)
 
     def encode_views(self, inputs: dict[str, torch.Tensor], views: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``S * n`` sequences ``(S * n, L)``, view-major (the ``S`` sentences of ``n`` examples) -> what the loss

@@ -17,7 +17,13 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, PretrainedConfig, PreTrainedModel
 
 from hf_ssl._version import __version__
-from hf_ssl.backbones.transformers import check_sequence_length, fit_encoder_to_tokenizer, inner_encoder_config
+from hf_ssl.backbones.transformers import (
+    check_sequence_length,
+    fit_encoder_to_tokenizer,
+    inner_encoder_config,
+    max_sequence_length,
+    training_length,
+)
 from hf_ssl.data.text import (
     DEFAULT_TEXT_DATASET,
     TOKENIZE_BATCH_SIZE,
@@ -316,8 +322,10 @@ def export(context: ExportContext) -> None:
         raise UsageError(f"{context.model_dir}: no tokenizer saved with the checkpoint; a sentence encoder needs one")
     config: SimCSEConfig = model.config
     encoder_config = config.encoder
-    positions = getattr(encoder_config, "max_position_embeddings", None) or 512
-    max_seq_length = tokenizer.model_max_length if 0 < tokenizer.model_max_length <= positions else positions
+    # sentences are read whole, up to the encoder's own limit (as sentence-transformers sets it for a plain encoder),
+    # not cut to the training crop the checkpoint's tokenizer records (prepare_data sets it to --max_seq_length)
+    trained_length = training_length(tokenizer, encoder_config)
+    max_seq_length = max_sequence_length(encoder_config) or 512
     pooling = "mean" if config.pooler_type == "mean" else "cls"
     family = family_encoder(model.eval())
     save_sentence_transformer(family, tokenizer, context.output_dir, pooling=pooling, max_seq_length=max_seq_length)
@@ -343,6 +351,7 @@ def export(context: ExportContext) -> None:
         hidden_size=encoder_config.hidden_size,
         num_layers=getattr(encoder_config, "num_hidden_layers", None) or getattr(encoder_config, "n_layers", None),
         max_seq_length=max_seq_length,
+        training_length=trained_length,
         pooling=pooling,
         supervised=bool(context.run_info and "positive" in (context.run_info.columns or {})),
         config=config,

@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from hf_ssl.evaluation.features import register_features
-from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback, Wav2VecCollapseMonitor
+from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
 from hf_ssl.models.wav2vec.collator import AudioCollator, feature_extractor_for
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig, receptive_field
 from hf_ssl.models.wav2vec.export import save_backbone_export
@@ -28,7 +28,6 @@ __all__ = [
     "WAV2VEC",
     "AudioCollator",
     "GumbelTemperatureCallback",
-    "Wav2VecCollapseMonitor",
     "Wav2VecConfig",
     "Wav2VecForPreTraining",
     "Wav2VecForPreTrainingOutput",

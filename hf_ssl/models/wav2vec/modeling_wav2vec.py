@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, Wav2Vec2Model
 from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.utils import ModelOutput
 
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import (
     codevector_perplexity,
     full_precision,
@@ -306,6 +307,47 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
         """The masked frames of a batch whose masks were drawn (:meth:`draw_random_inputs`), else ``None``."""
         masks = batch.get("mask_time_indices")
         return None if masks is None else masks.sum()
+
+    def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the contrastive loss and accuracy on drawn masks,
+        the backbone's features (``Wav2Vec2Model``'s ``last_hidden_state`` averaged over the real frames, nothing
+        masked), and the codebook: ``codebook_perplexity`` of the chosen entries over every real frame (floor ``G``,
+        each group always picking one entry; ceiling ``G * V``) and ``codebook_use``, the fraction of the ``G * V``
+        entries chosen at least once."""
+        config = self.config
+        input_values, attention_mask = batch["input_values"], batch.get("attention_mask")
+        hidden, extract, _, frame_mask = self.forward_features(input_values, attention_mask)
+        masks, negatives = self.draw_masks(
+            *hidden.shape[:2],
+            frame_mask,
+            batch.get("mask_time_indices"),
+            batch.get("sampled_negative_indices"),
+            device=hidden.device,
+        )
+        context = self.forward_encoder(hidden, masks, frame_mask)
+        targets, _, codes = self.forward_targets(extract, masks)  # codes (B, T, G)
+        loss, accuracy = wav2vec_contrastive_loss(
+            self.project_hid(context), targets, masks, negatives, config.contrastive_logits_temperature, codes
+        )
+        frames = frame_mask if frame_mask is not None else torch.ones_like(masks)  # (B, T) real frames
+        groups, entries = config.num_codevector_groups, config.num_codevectors_per_group
+        chosen = F.one_hot(codes[frames], entries).float()  # (N, G, V)
+        perplexity = codevector_perplexity(chosen)
+        use = (chosen.sum(dim=0) > 0).float().mean()  # of the G * V entries
+        states = self.wav2vec(input_values, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        weights = frames[..., None].to(states.dtype)
+        features = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, H)
+        return HealthOutput(
+            embeddings=features,
+            loss=loss,
+            scalars={"contrastive_accuracy": accuracy, "codebook_perplexity": perplexity, "codebook_use": use},
+            floors={"codebook_perplexity": float(groups)},
+            advice={
+                "codebook_perplexity": "a higher diversity_loss_weight or max_gumbel_temperature",
+                "loss_zero": "checking mask_time_prob and num_negatives (collapsed targets, or too few distractors)",
+            },
+            isotropic=False,
+        )
 
     def forward_encoder(
         self, hidden: torch.Tensor, mask_time_indices: torch.Tensor, frame_mask: torch.Tensor | None

@@ -25,11 +25,12 @@ from hf_ssl.export.model_card import (
     render_model_card,
     training_rows,
 )
-from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback, Wav2VecCollapseMonitor
+from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
 from hf_ssl.models.wav2vec.collator import AudioCollator, feature_extractor_for
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.export import save_backbone_export
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining, Wav2VecModel
+from hf_ssl.models.wav2vec.report import report_pictures
 from hf_ssl.objectives import Objective, PreparedData
 
 PAPER = ("arXiv:2006.11477", "wav2vec 2.0: A Framework for Self-Supervised Learning of Speech Representations")
@@ -75,8 +76,9 @@ def prepare_data(ds: Dataset | IterableDataset, config: Wav2VecConfig, args: Aud
 
 
 def callbacks(config: PretrainedConfig) -> list[TrainerCallback]:
-    """Gumbel temperature annealing (from the config's schedule) and the codebook-collapse monitor."""
-    return [GumbelTemperatureCallback(), Wav2VecCollapseMonitor(config.num_codevector_groups)]
+    """Gumbel temperature annealing (from the config's schedule); collapse is the health monitor's
+    (:meth:`Wav2VecForPreTraining.health`)."""
+    return [GumbelTemperatureCallback()]
 
 
 # --- features for evaluation ---------------------------------------------------------------------------------------
@@ -251,5 +253,6 @@ WAV2VEC = Wav2VecObjective(
     default_dataset=(DEFAULT_AUDIO_DATASET, load_default_audio),
     min_batch_size=1,
     callbacks=callbacks,
+    report_pictures=report_pictures,
     summary="wav2vec 2.0: contrastive prediction of quantized speech features, a transformers Wav2Vec2Model",
 )
