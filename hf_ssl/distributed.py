@@ -1,6 +1,8 @@
-"""World size / rank helpers and an all_gather that keeps gradients."""
+"""World size / rank helpers, unwrapping a wrapped model, and an all_gather that keeps gradients."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,6 +19,13 @@ def get_world_size() -> int:
 
 def get_rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def unwrap_model(model: Any) -> Any:
+    """The model inside DDP / accelerate wrappers (``model.module``, as deep as they go)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -35,6 +35,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_ssl.data.collators import position_seed, seeded_rng
+from hf_ssl.distributed import unwrap_model
 from hf_ssl.heads import representation_std
 from hf_ssl.losses import alignment, uniformity
 
@@ -248,12 +249,6 @@ def check_health(
 # ------------------------------------------------------------------------------------------------------- callback
 
 
-def _unwrap(model: Any) -> Any:
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    return model
-
-
 class HealthCallback(TrainerCallback):
     """Logs the health of the representation every ``args.health_steps`` steps and warns once per kind on collapse.
 
@@ -300,7 +295,7 @@ class HealthCallback(TrainerCallback):
         history = [entry for entry in state.log_history if any(key.startswith(PREFIX) for key in entry)]
         if self.batch is None or not history:
             return
-        self.measure(_unwrap(model), args)  # a resumed run: the model's floors and advice, then what was warned
+        self.measure(unwrap_model(model), args)  # a resumed run: the model's floors and advice, then what was warned
         for entry in history:
             self._check(entry, quiet=True)
 
@@ -332,7 +327,7 @@ class HealthCallback(TrainerCallback):
     ) -> None:
         if self.batch is None or state.global_step % self.every:
             return
-        metrics = self.measure(_unwrap(model), args)
+        metrics = self.measure(unwrap_model(model), args)
         if not metrics:
             return
         should_log = control.should_log  # the Trainer's on_log clears it: the step's own loss log must still come

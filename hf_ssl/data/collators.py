@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
@@ -37,6 +39,21 @@ def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
     with fork:
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Within this block the global generators of Python, NumPy, torch's CPU and every accelerator device may be
+    drawn from or reseeded (a ``Trainer`` calls ``set_seed``); all are as they were afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    devices = list(range(torch.accelerator.device_count())) if accelerator is not None else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=accelerator.type if accelerator else "cuda"):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class SeededCollator:

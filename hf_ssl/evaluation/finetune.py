@@ -24,7 +24,6 @@ import contextlib
 import copy
 import logging
 import os
-import random
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from transformers.utils import logging as transformers_logging
 
 from hf_ssl.backbones import random_init_backbone
 from hf_ssl.backbones.timm import reset_to_timm_init
+from hf_ssl.data.collators import preserved_rng
 from hf_ssl.errors import UsageError, check_int, check_range
 from hf_ssl.evaluation.arguments import EvaluationArguments
 from hf_ssl.evaluation.features import FeatureSpec
@@ -113,20 +113,6 @@ def finetune_settings(args: EvaluationArguments) -> FinetuneSettings:
         eval_batch_size=args.batch_size,
         seed=args.seed,
     )
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Within this block the global generators of Python, NumPy, torch's CPU and every CUDA device may be reseeded
-    (the ``Trainer`` calls ``set_seed``); all are restored afterwards."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def ecosystem_classifier(config: PretrainedConfig, modality: str) -> Any | None:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +28,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from hf_ssl.data import find_column, find_label_column, load_data
+from hf_ssl.data.collators import preserved_rng
 from hf_ssl.errors import UsageError, check_range
 from hf_ssl.evaluation.features import FeatureSpec, extract_feature_sets, model_encoder
 from hf_ssl.evaluation.knn import knn_accuracy
@@ -237,19 +236,6 @@ def _load_split(
     return task.prepare(ds, column), column, label_column
 
 
-@contextmanager
-def _untouched_rng(device: torch.device) -> Iterator[None]:
-    """The global generators (Python, NumPy, torch's CPU and ``device``'s) as they were before the block."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = [] if device.type == "cpu" else [device.index or 0]
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
 class OnlineProbe:
     """kNN (and optionally linear-probe) accuracy of a model's frozen features on a labelled set prepared once.
 
@@ -348,7 +334,7 @@ class OnlineProbe:
             model.eval()
             for key, value in self.config_settings.items():
                 setattr(backbone.config, key, value)
-            with torch.no_grad(), _untouched_rng(device):
+            with torch.no_grad(), preserved_rng():
                 out = []
                 for ds in (self.train, self.test):
                     sets, labels = extract_feature_sets(

@@ -89,6 +89,12 @@ class ReportArguments:
         check_range("--max_points", self.max_points, 3)
         check_range("--batch_size", self.batch_size, 1)
 
+    def load_split(self, default: tuple[str, Callable[[str], Any]] | None) -> Any:
+        """The report's labelled set: ``--split`` of ``--dataset_name``, else of ``default``, the embedded
+        ``(name, loader(split))`` of the data kind."""
+        config, cache = self.dataset_config_name, self.cache_dir
+        return load_data(self.dataset_name, self.split, config_name=config, cache_dir=cache, default=default)
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (files only, no display).
@@ -273,13 +279,7 @@ def embedding_map(plt: Any, args: ReportArguments, model_dir: str, path: Path) -
     """
     model, spec = load_features(model_dir)
     task = get_task(spec.modality)
-    ds = load_data(
-        args.dataset_name,
-        args.split,
-        config_name=args.dataset_config_name,
-        cache_dir=args.cache_dir,
-        default=task.default_dataset,
-    )
+    ds = args.load_split(task.default_dataset)
     try:
         column = find_column(ds, spec.modality, args.input_column)
         label_column = find_label_column(ds, args.label_column)

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from hf_ssl.data import find_column, load_data, undecoded
+from hf_ssl.data import find_column, undecoded
 from hf_ssl.data.loading import DEFAULT_DATASET, load_digits_dataset
 from hf_ssl.models.mae.modeling_mae import MAEForPreTraining
 from hf_ssl.models.mae.visualize import masking_noise, pixel_batch, reconstruction_grid
@@ -36,13 +36,7 @@ def report_pictures(model_dir: str, output_dir: Path, args: Any) -> list[tuple[s
     if info.get("missing_keys"):
         logger.info("%s has no MAE decoder: no reconstructions on the report", model_dir)
         return []
-    ds = load_data(
-        args.dataset_name,
-        args.split,
-        config_name=args.dataset_config_name,
-        cache_dir=args.cache_dir,
-        default=(DEFAULT_DATASET, load_digits_dataset),
-    )
+    ds = args.load_split((DEFAULT_DATASET, load_digits_dataset))
     column = find_column(ds, "image", args.input_column)
     values = undecoded(ds, column).select(range(min(REPORT_IMAGES, len(ds))))[column]
     config = model.config

@@ -10,11 +10,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-
-def _unwrap(model: Any) -> Any:
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    return model
+from hf_ssl.distributed import unwrap_model
 
 
 def gumbel_temperature(step: int, max_temperature: float, min_temperature: float, decay: float) -> float:
@@ -56,7 +52,7 @@ class GumbelTemperatureCallback(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
-        model = _unwrap(model)
+        model = unwrap_model(model)
         if model is None or not hasattr(model, "set_gumbel_temperature"):
             return
         self.current = self.value(state.global_step, model.config)

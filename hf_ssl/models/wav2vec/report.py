@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hf_ssl.data import find_column, load_data
+from hf_ssl.data import find_column
 from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, load_default_audio, undecoded_audio
 from hf_ssl.evaluation.run_report import pyplot
 from hf_ssl.models.wav2vec.collator import AudioCollator
@@ -81,13 +81,7 @@ def report_pictures(model_dir: str, output_dir: Path, args: Any) -> list[tuple[s
     if any(key.startswith("quantizer.") for key in info.get("missing_keys") or ()):
         logger.info("%s has no quantizer: no codebook usage on the report", model_dir)
         return []
-    ds = load_data(
-        args.dataset_name,
-        args.split,
-        config_name=args.dataset_config_name,
-        cache_dir=args.cache_dir,
-        default=(DEFAULT_AUDIO_DATASET, load_default_audio),
-    )
+    ds = args.load_split((DEFAULT_AUDIO_DATASET, load_default_audio))
     column = find_column(ds, "audio", args.input_column)
     if len(ds) > REPORT_CLIPS:
         ds = ds.select(sorted(random.Random(args.seed).sample(range(len(ds)), REPORT_CLIPS)))
