@@ -1,5 +1,5 @@
 # The few commands a contributor needs.
-.PHONY: install demo test lint format benchmark
+.PHONY: install demo test test-fast lint format benchmark
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"
@@ -11,6 +11,9 @@ demo:
 
 test:
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+
+test-fast:  # the inner loop: without the subprocess, multi-process and whole-CLI tests (marked slow)
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow"
 
 lint:
 	.venv/bin/ruff check hf_ssl tests scripts && .venv/bin/ruff format --check hf_ssl tests scripts

@@ -117,7 +117,8 @@ def config_arguments(config_class: type) -> type:
     for name, param in inspect.signature(config_class.__init__).parameters.items():
         if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
-        annotation = str(param.annotation)
+        hint = param.annotation  # a class, or a string under ``from __future__ import annotations``
+        annotation = hint.__name__ if isinstance(hint, type) else str(hint)
         if annotation.startswith("dict"):
             kind: Any = str
         elif annotation.startswith("list[float]"):
@@ -377,7 +378,9 @@ def prepare(objective: Objective, args: PretrainArguments, config: Any) -> tuple
         cache_dir=data.cache_dir,
         default=objective.default_dataset,
     )
-    prepared = objective.prepare_for_run(dataset, config, args.objective_data, args.training)
+    prepared = objective.prepare_for_run(
+        dataset, config, args.objective_data, args.training, args.model.model_name_or_path
+    )
     num_examples = None if data.streaming else len(prepared.dataset)
     steps = optimisation_steps(args.training, num_examples)
     logger.info("%s on %s examples: %d optimisation steps", objective.name, num_examples or "streamed", steps)
@@ -452,7 +455,7 @@ def evaluate_command(argv: list[str]) -> dict[str, Any]:
 
 
 def export_command(argv: list[str]) -> str:
-    from hf_ssl.export import check_export, export_backbone
+    from hf_ssl.export import export_backbone
     from hf_ssl.hub import push_folder
 
     # positional MODEL_DIR OUTPUT_DIR, as in `hf-ssl export DIR OUT`
@@ -461,7 +464,6 @@ def export_command(argv: list[str]) -> str:
         len(positional) :
     ]
     (args,) = parse(make_parser(ExportArguments, prog="hf-ssl export"), argv)
-    check_export(args.model_dir, args.output_dir)
     out = export_backbone(args.model_dir, args.output_dir, eval_file=args.eval_file)
     print(f"exported to {out}")
     if args.push_to_hub:

@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_ssl.data.collators import position_seed, seeded_rng
 from hf_ssl.distributed import unwrap_model
-from hf_ssl.heads import representation_std
-from hf_ssl.losses import alignment, uniformity
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +92,36 @@ def rankme(embeddings: torch.Tensor, epsilon: float = RANKME_EPSILON) -> float:
         return 0.0
     p = singular / total + epsilon
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def representation_std(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the batch std of L2-normalised embeddings ``(..., D)`` (a monitor, no gradient).
+
+    About ``1 / sqrt(D)`` for spread-out embeddings, near 0 when they collapse to one point
+    (the collapse monitor of SimSiam, Chen & He 2021, sec. 4.1).
+    """
+    return torch.nn.functional.normalize(embeddings.float().flatten(0, -2), dim=-1).std(dim=0).mean()
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """Alignment of positive pairs (Wang & Isola, 2020, "Understanding Contrastive Representation Learning through
+    Alignment and Uniformity on the Hypersphere", arXiv:2005.10242): ``E ||f(x) - f(y)||_2^alpha`` over L2-normalised
+    pairs; lower is better (0: positives coincide).
+
+    Args:
+        x: ``(N, D)`` embeddings; ``y``: ``(N, D)`` their positives.
+        alpha: the exponent (2 in the paper).
+    """
+    x, y = F.normalize(x.float(), dim=-1), F.normalize(y.float(), dim=-1)
+    return (x - y).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Uniformity (Wang & Isola, 2020): ``log E exp(-t ||f(x) - f(y)||_2^2)`` over all pairs of distinct rows of
+    L2-normalised ``x (N, D)``, N >= 2; lower is more uniform on the hypersphere (collapse gives 0)."""
+    x = F.normalize(x.float(), dim=-1)
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
 
 
 def stopped_learning(losses: Sequence[float], window: int, min_improvement: float = 0.0) -> bool:

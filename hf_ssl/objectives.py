@@ -12,10 +12,17 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    PretrainedConfig,
+    PreTrainedModel,
+    TrainerCallback,
+)
 
 from hf_ssl.checkpoints import check_weights
 from hf_ssl.data.loading import DEFAULT_DATASET, Modality, load_digits_dataset
@@ -53,16 +60,34 @@ class PreparedData:
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What ``prepare_data`` may need to know about the run beyond the config and the data flags.
+
+    Args:
+        model_name_or_path: the checkpoint or Hub id the run starts from (``--model_name_or_path``; its processing
+            class is the run's unless the data flags name another), or ``None`` for a model built from the config.
+    """
+
+    model_name_or_path: str | None = None
+
+
+NEW_MODEL = RunContext()
+"""The run context of a model built from its config alone (no ``--model_name_or_path``)."""
+
+
+@dataclass(frozen=True)
 class Objective:
     """What the generic pretrain / evaluate / export commands need to know about one objective.
 
     Args:
         name: CLI name (``hf-ssl pretrain <name>``).
         config_class: its ``PretrainedConfig``; one CLI flag per ``__init__`` argument.
-        model_class: its ``...ForPreTraining`` model.
+        model_class: its ``...ForPreTraining`` model (what ``AutoModelForPreTraining`` loads from its checkpoints).
+        base_model_class: its backbone model (``...Model``, what ``AutoModel`` loads from its checkpoints).
         modality: the kind of data it reads.
         data_arguments: a dataclass of its data flags (columns, bad-input policy, tokenizer, ...).
-        prepare_data: ``(dataset, config, data_args) -> PreparedData``: checks, tokenisation, collator.
+        prepare_data: ``(dataset, config, data_args, run) -> PreparedData``: checks, tokenisation, collator;
+            ``run`` is the :class:`RunContext` (:data:`NEW_MODEL` where the caller gives none).
         features: how evaluation gets features from its backbone (``AutoModel``) checkpoints.
         exporter: how its checkpoints export their backbone.
         default_dataset: ``(name, loader(split))`` of the embedded dataset used when none is given.
@@ -87,9 +112,10 @@ class Objective:
     name: str
     config_class: type[PretrainedConfig]
     model_class: type[PreTrainedModel]
+    base_model_class: type[PreTrainedModel]
     modality: Modality
     data_arguments: type
-    prepare_data: Callable[[Dataset | IterableDataset, PretrainedConfig, Any], PreparedData]
+    prepare_data: Callable[[Dataset | IterableDataset, PretrainedConfig, Any, RunContext], PreparedData]
     features: FeatureSpec
     exporter: Exporter | None = None
     default_dataset: tuple[str, Callable[[str], Dataset]] = (DEFAULT_DATASET, load_digits_dataset)
@@ -102,7 +128,12 @@ class Objective:
     report_pictures: Callable[[str, Any, Any], list[tuple[str, Any]]] | None = None
 
     def prepare_for_run(
-        self, dataset: Dataset | IterableDataset, config: PretrainedConfig, data_args: Any, training_args: Any
+        self,
+        dataset: Dataset | IterableDataset,
+        config: PretrainedConfig,
+        data_args: Any,
+        training_args: Any,
+        model_name_or_path: str | None = None,
     ) -> PreparedData:
         """``prepare_data`` as a training run calls it, so that every process, and a resumed run, uses the
         processing class the model was trained with.
@@ -117,7 +148,9 @@ class Objective:
             config: the run's config (the objective may fit it to the data, e.g. to the vocabulary).
             data_args: the objective's data flags.
             training_args: the run's ``TrainingArguments``.
+            model_name_or_path: the checkpoint or Hub id the run starts from (``--model_name_or_path``), if any.
         """
+        run = RunContext(model_name_or_path=model_name_or_path)
         resume = training_args.resume_from_checkpoint  # a folder: the CLI resolved ``true`` before
         reuse = self.use_saved_processor
         if reuse is not None and resume:
@@ -130,7 +163,7 @@ class Objective:
             first = training_args.local_process_index == 0
             if shared and not first:
                 data_args = reuse(data_args, shared)
-            prepared = self.prepare_data(dataset, config, data_args)
+            prepared = self.prepare_data(dataset, config, data_args, run)
             if shared and first:
                 # on several nodes each node's main process makes its own (identical: deterministic) copy
                 prepared.processing_class.save_pretrained(shared)
@@ -144,10 +177,7 @@ class Objective:
         """
         if not model_name_or_path:
             return self.config_class(**overrides)
-        try:
-            config = AutoConfig.from_pretrained(model_name_or_path)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {err}") from err
+        config = read_config(model_name_or_path)
         if not isinstance(config, self.config_class):
             raise UsageError(
                 f"--model_name_or_path {model_name_or_path} is a {config.model_type!r} checkpoint, not one of "
@@ -167,18 +197,123 @@ class Objective:
         return model
 
 
+@dataclass(frozen=True)
+class EncoderObjective(Objective):
+    """An objective whose config holds its backbone's own config as a sub-config (``config.<backbone_field>``: a text
+    encoder of any family, a ``Wav2Vec2Config``), so that a run can start from another checkpoint's backbone.
+
+    ``--model_name_or_path`` is then either a checkpoint of this objective, continued, or one whose config
+    :meth:`starting_backbone` accepts: a new model whose backbone (and more, where the checkpoint has it) starts from
+    its weights (:meth:`load_start`), its config that checkpoint's backbone config with the flags' changes. The
+    checkpoint's config is read once by :meth:`make_config` and once by :meth:`make_model`.
+
+    Subclasses set :attr:`backbone_field` and :attr:`backbone_kind` and define :meth:`starting_backbone` and
+    :meth:`load_start`; :meth:`start_values` and :meth:`update_backbone` have defaults.
+    """
+
+    backbone_field: ClassVar[str] = "encoder"
+    """The config field of the backbone's sub-config (and the name of its flag, ``--<backbone_field>``)."""
+    backbone_kind: ClassVar[str] = "a text encoder"
+    """What a foreign checkpoint must be, for the one-line refusal of any other."""
+
+    def starting_backbone(self, source: PretrainedConfig) -> PretrainedConfig | None:
+        """The backbone config a run starts from, given another checkpoint's config; ``None``: not a start."""
+        raise NotImplementedError
+
+    def load_start(self, model: PreTrainedModel, model_name_or_path: str, source: PretrainedConfig) -> None:
+        """Load the weights of the checkpoint at ``model_name_or_path`` (config ``source``) into a new ``model``.
+
+        Raises:
+            UsageError: weights that do not fit the model.
+        """
+        raise NotImplementedError
+
+    def start_values(self, model_name_or_path: str) -> dict[str, Any]:
+        """Config values of a run started from another checkpoint (before the flags'), e.g. its provenance."""
+        return {}
+
+    def update_backbone(self, backbone: dict[str, Any], update: Any, model_name_or_path: str) -> dict[str, Any]:
+        """The starting backbone config (a dict) with the ``--<backbone_field>`` flag's changes (``None``: none).
+
+        Raises:
+            UsageError: a flag value that is not a JSON object of fields to change.
+        """
+        if update is None:
+            return backbone
+        if not isinstance(update, dict):
+            field_name = self.backbone_field
+            raise UsageError(
+                f"--{field_name} with --model_name_or_path must be a JSON object of {field_name} fields to change"
+            )
+        return {**backbone, **update}
+
+    def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
+        """The objective's config from the flags; with a checkpoint, its backbone config (or its whole config, for
+        one of this objective), updated by the flags; ``--<backbone_field> '{...}'`` changes backbone fields.
+
+        Raises:
+            UsageError: an unreadable config, a checkpoint that is neither of this objective nor a backbone, or
+                refused values.
+        """
+        if not model_name_or_path:
+            return self.config_class(**overrides)
+        source = read_config(model_name_or_path)
+        overrides = dict(overrides)
+        update = overrides.pop(self.backbone_field, None)
+        if isinstance(source, self.config_class):
+            backbone, values = getattr(source, self.backbone_field), {**source.to_dict(), **overrides}
+        else:
+            backbone = self.starting_backbone(source)
+            if backbone is None:
+                raise UsageError(
+                    f"--model_name_or_path {model_name_or_path} is a {source.model_type!r} checkpoint, not one of "
+                    f"{self.name} ({self.config_class.model_type!r}) nor {self.backbone_kind}"
+                )
+            values = {**self.start_values(model_name_or_path), **overrides}
+        backbone_values = self.update_backbone(backbone.to_dict(), update, model_name_or_path)
+        return self.config_class(**{**values, self.backbone_field: backbone_values})
+
+    def make_model(self, config: PretrainedConfig, model_name_or_path: str | None = None) -> PreTrainedModel:
+        """A new model, the checkpoint of this objective at ``model_name_or_path``, or a new model that starts from
+        another checkpoint's weights (:meth:`load_start`)."""
+        if not model_name_or_path:
+            return super().make_model(config)
+        source = read_config(model_name_or_path)
+        if isinstance(source, self.config_class):
+            return super().make_model(config, model_name_or_path)
+        model = self.model_class(config)
+        self.load_start(model, model_name_or_path, source)
+        return model
+
+
+def read_config(model_name_or_path: str) -> PretrainedConfig:
+    """The config of a checkpoint folder or Hub id.
+
+    Raises:
+        UsageError: no readable config, naming ``--model_name_or_path``.
+    """
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {error}") from error
+
+
 OBJECTIVES: dict[str, Objective] = {}
 COMMANDS: dict[str, Callable[[list[str]], Any]] = {}
 """Extra ``hf-ssl`` commands that objectives bring, by name."""
 
 
 def register_objective(objective: Objective) -> None:
-    """Make ``objective`` available to ``hf-ssl pretrain``, and its exporter and features to export and evaluate."""
+    """Make ``objective`` available to ``hf-ssl pretrain``, its exporter and features to export and evaluate, and its
+    config and models to transformers' ``AutoConfig``, ``AutoModel`` and ``AutoModelForPreTraining``."""
     if not dataclasses.is_dataclass(objective.data_arguments):
         raise TypeError(f"{objective.name}: data_arguments must be a dataclass")
     OBJECTIVES[objective.name] = objective
     COMMANDS.update(objective.commands)
     model_type = objective.config_class.model_type
+    AutoConfig.register(model_type, objective.config_class, exist_ok=True)
+    AutoModel.register(objective.config_class, objective.base_model_class, exist_ok=True)
+    AutoModelForPreTraining.register(objective.config_class, objective.model_class, exist_ok=True)
     register_features(model_type, objective.features)
     if objective.exporter is not None:
         register_exporter(model_type, objective.exporter)

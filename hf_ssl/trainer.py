@@ -116,7 +116,7 @@ class SSLTrainingArguments(TrainingArguments):
 
 class SSLTrainer(Trainer):
     """A thin ``Trainer``: the model computes its own loss; every scalar the model outputs besides ``loss`` (loss
-    components, monitors such as ``embedding_std``, ``accuracy``) is summed on the device between logging steps
+    components, monitors such as ``accuracy``, ``codevector_perplexity``) is summed on the device between logging steps
     and logged, averaged, with the loss and learning rate: one device sync per logging step, none per step.
 
     A non-finite loss stops training at once (:class:`TrainingDiverged`), naming the step, before its gradient

@@ -59,7 +59,8 @@ def build(objective: str, chunk_size: int | None, args: argparse.Namespace) -> t
         )
         batch = {"pixel_values": torch.randn(args.batch_size, 2, 3, 32, 32)}
         return SimCLRForPreTraining(config).train(), batch
-    from hf_ssl.models.simcse import SimCSEConfig, SimCSEForPreTraining
+    from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
+    from hf_ssl.models.simcse.modeling_simcse import SimCSEForPreTraining
 
     config = SimCSEConfig(gradient_cache_chunk_size=chunk_size)  # dropout 0.1 (BERT's), the SimCSE augmentation
     lengths = torch.randint(args.seq_length // 2, args.seq_length + 1, (args.batch_size,))

@@ -68,10 +68,11 @@ def load_batches(path: str, count: int, batch_size: int, config) -> list[torch.T
         return [torch.randn(batch_size, 3, 32, 32) for _ in range(count)]
     import pyarrow.parquet as pq
 
-    from hf_ssl.models.mae.transforms import MAECollator, MAETransform
+    from hf_ssl.data import ImageCollator
+    from hf_ssl.models.mae.transforms import MAETransform
 
     rows = pq.read_table(path, columns=["image"]).slice(0, count * batch_size).to_pylist()
-    collate = MAECollator(MAETransform(config), "image")
+    collate = ImageCollator(MAETransform(config), "image")
     batches = [collate(rows[i : i + batch_size])["pixel_values"] for i in range(0, len(rows), batch_size)]
     print(f"data: {len(rows)} images of {path}")
     return [b for b in batches if len(b) == batch_size] or [torch.randn(batch_size, 3, 32, 32)]
@@ -114,7 +115,8 @@ def main() -> None:
     torch.manual_seed(0)
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    from hf_ssl.models.mae import MAEConfig, MAEForPreTraining, load_vit_mae_state_dict
+    from hf_ssl.models.mae.configuration_mae import MAEConfig
+    from hf_ssl.models.mae.modeling_mae import MAEForPreTraining, load_vit_mae_state_dict
 
     config = MAEConfig(**SIZES)
     reference = ViTMAEForPreTraining(
@@ -128,8 +130,7 @@ def main() -> None:
     steps = {"hf_ssl": make_step(ours), "transformers": make_step(reference)}
 
     batches = load_batches(args.data, max(1, min(args.steps, 8)), args.batch_size, config)
-    num_patches = (config.image_size // config.patch_size) ** 2
-    noises = [torch.rand(args.batch_size, num_patches) for _ in range(len(batches))]
+    noises = [torch.rand(args.batch_size, config.num_patches) for _ in range(len(batches))]
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, fp32, "
         f"reference attention: {reference.config._attn_implementation}"

@@ -27,7 +27,9 @@ from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
 from hf_ssl.data.text import clean_text_column, load_tokenizer, read_text_lines, tokenize_dataset
-from hf_ssl.models.mlm import MLMCollator, MLMConfig, MLMForPreTraining
+from hf_ssl.models.mlm.collator import MLMCollator
+from hf_ssl.models.mlm.configuration_mlm import MLMConfig
+from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ENCODER = {

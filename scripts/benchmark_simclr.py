@@ -6,7 +6,7 @@
 Both run in one process, alternating (a, b, then b, a, ...) ``--repeats`` times; medians are reported.
 
 (a) hf_ssl: ``SimCLRForPreTraining`` (timm backbone + ``SimCLRProjectionHead`` + NT-Xent), fed by a
-    ``DataLoader`` over the undecoded HF dataset with ``ImageViewsCollator(SimCLRTransform(config), column)``.
+    ``DataLoader`` over the undecoded HF dataset with ``ImageCollator(SimCLRTransform(config), column)``.
 (b) lightly: the same timm backbone (``hf_ssl.backbones.timm.create_backbone``) (same timm name and kwargs), lightly's
     ``SimCLRProjectionHead`` and ``NTXentLoss``, and a collate function applying
     ``lightly.transforms.SimCLRTransform`` (same crop scale, jitter strength and probability, grayscale and
@@ -95,7 +95,7 @@ def load_rows(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def make_config(args: argparse.Namespace) -> Any:
-    from hf_ssl.models.simclr import SimCLRConfig
+    from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
 
     return SimCLRConfig(
         backbone=args.backbone,
@@ -163,12 +163,13 @@ def timed_training(
 
 
 def run_hf_ssl(dataset: Any, column: str, config: Any, args: argparse.Namespace) -> dict[str, float]:
-    from hf_ssl.data import ImageViewsCollator, SimCLRTransform, undecoded
-    from hf_ssl.models.simclr import SimCLRForPreTraining
+    from hf_ssl.data import ImageCollator, undecoded
+    from hf_ssl.models.simclr.modeling_simclr import SimCLRForPreTraining
+    from hf_ssl.models.simclr.transforms import SimCLRTransform
 
     torch.manual_seed(args.seed)
     model = SimCLRForPreTraining(config).train()
-    collator = ImageViewsCollator(SimCLRTransform(config), column)
+    collator = ImageCollator(SimCLRTransform(config), column)
     loader = make_loader(undecoded(dataset, column), collator, args)
 
     def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:

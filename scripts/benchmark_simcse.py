@@ -121,14 +121,15 @@ def run_hf_ssl(
 ) -> dict:
     from transformers import AutoModel
 
-    from hf_ssl.models.simcse import SIMCSE, SimCSEDataArguments
+    from hf_ssl.models.simcse.objective import SIMCSE, SimCSEDataArguments
+    from hf_ssl.objectives import RunContext
     from hf_ssl.trainer import SSLTrainer, SSLTrainingArguments
 
     started = time.perf_counter()
     overrides = {"pooler_type": "mean", "loss_temperature": args.temperature, "gather_distributed": False}
     config = SIMCSE.make_config({**overrides, "length_buckets": args.length_buckets}, str(start))
     data = SimCSEDataArguments(max_seq_length=args.max_seq_length)
-    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data)
+    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data, RunContext(str(start)))
     preprocessing = time.perf_counter() - started
     torch.manual_seed(seed)
     model = SIMCSE.make_model(config, str(start))

@@ -25,7 +25,8 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
-from hf_ssl.models.wav2vec import Wav2VecConfig, Wav2VecForPreTraining
+from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
+from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio" / "fsdd" / "train.parquet"
 RATE = 16000

@@ -19,36 +19,21 @@ Any further ``hf-ssl pretrain mae`` flag can follow ``--`` (e.g. ``-- --learning
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "scripts" / "configs" / "mae_digits.yaml"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from sweep import evaluated_dataset, parse, percent, run_sweep, save_results, sweep_parser  # noqa: E402
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        at = argv.index("--")
-        argv, extra = argv[:at], argv[at + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str]):
+    parser = sweep_parser(__doc__, "mae", DEFAULT_CONFIG, "runs/mae-mask-ratio")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.9], help="mask ratios to compare")
-    parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="YAML of hf-ssl pretrain mae flags shared by every run"
-    )
-    parser.add_argument(
-        "--dataset_name", default=None, help="pretraining and evaluation data (default: the config's, else digits)"
-    )
-    parser.add_argument("--train_split", default=None, help="split to pretrain on (default: the config's, or train)")
-    parser.add_argument("--max_steps", type=int, default=None, help="optimisation steps per ratio (default: config's)")
-    parser.add_argument("--eval_split", default="test", help="split evaluated on")
-    parser.add_argument("--eval_train_split", default="train", help="split of the kNN bank and the linear probe")
-    parser.add_argument("--seed", type=int, default=42, help="the same seed for every run")
-    parser.add_argument("--output_dir", default="runs/mae-mask-ratio", help="one folder per ratio, and results.json")
-    return parser.parse_args(argv), extra
+    return parse(parser, argv)
 
 
 def last_logged_loss(run: Path) -> tuple[float | None, int]:
@@ -57,59 +42,26 @@ def last_logged_loss(run: Path) -> tuple[float | None, int]:
     return (float(logged[-1]["loss"]) if logged else None), int(info["global_step"])
 
 
-def percent(entry: dict | None) -> str:
-    return f"{100 * entry['accuracy']:.1f}%" if entry else "-"
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from hf_ssl.cli import main as hf_ssl_main
-    from hf_ssl.evaluation import evaluate
-    from hf_ssl.evaluation.arguments import EvaluationArguments
-
     out = Path(args.output_dir)
-    common = ["--config", args.config, "--seed", str(args.seed), "--save_strategy", "no", "--disable_tqdm", "true"]
-    if args.dataset_name:
-        common += ["--dataset_name", args.dataset_name]
-    if args.train_split:
-        common += ["--train_split", args.train_split]
-    if args.max_steps:
-        common += ["--max_steps", str(args.max_steps)]
-    dataset_name = args.dataset_name
-    if dataset_name is None:  # evaluate on the data the config pretrains on
-        import yaml
+    ratio_of = {out / f"ratio-{ratio:g}": ratio for ratio in args.ratios}
 
-        dataset_name = (yaml.safe_load(Path(args.config).read_text()) or {}).get("dataset_name")
-
-    rows, floors = [], {}
-    for i, ratio in enumerate(args.ratios):
-        run = out / f"ratio-{ratio:g}"
-        started = time.perf_counter()
-        hf_ssl_main(["pretrain", "mae", *common, *extra, "--mask_ratio", str(ratio), "--output_dir", str(run)])
-        seconds = time.perf_counter() - started
-        results = evaluate(
-            EvaluationArguments(
-                model_name_or_path=str(run),
-                dataset_name=dataset_name,
-                split=args.eval_split,
-                train_split=args.eval_train_split,
-                output_file=str(run / "eval_results.json"),
-                baselines=i == 0,  # the floors do not depend on the ratio
-            )
-        )
-        floors.update(results.get("baselines") or {})
+    def row_of(run: Path, seconds: float, results: dict) -> dict:
         loss, steps = last_logged_loss(run)
-        rows.append(
-            {
-                "mask_ratio": ratio,
-                "steps": steps,
-                "pretrain_seconds": round(seconds, 1),
-                "final_train_loss": loss,
-                "test_reconstruction_loss": (results.get("reconstruction") or {}).get("loss"),
-                "knn": results["knn"],
-                "linear_probe": results["linear_probe"],
-            }
-        )
+        return {
+            "mask_ratio": ratio_of[run],
+            "steps": steps,
+            "pretrain_seconds": round(seconds, 1),
+            "final_train_loss": loss,
+            "test_reconstruction_loss": (results.get("reconstruction") or {}).get("loss"),
+            "knn": results["knn"],
+            "linear_probe": results["linear_probe"],
+        }
+
+    runs = [(run, ["--mask_ratio", str(ratio)]) for run, ratio in ratio_of.items()]
+    dataset_name = evaluated_dataset(args)
+    rows, floors = run_sweep("mae", runs, args, extra, dataset_name, row_of)
 
     widths = (10, 5, 10, 14, 6, 12)
     names = ("mask ratio", "steps", "final loss", "test rec. loss", "kNN", "linear probe")
@@ -139,9 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\nMAE mask ratio on {dataset_name or 'the embedded digits'}: train on {args.eval_train_split!r}, "
         f"test on {args.eval_split!r}\n{table}"
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"runs": rows, "baselines": floors}, indent=2) + "\n")
-    (out / "results.txt").write_text(table + "\n")
+    save_results(out, rows, floors, table, "results.txt")
     return rows
 
 

@@ -24,24 +24,20 @@ Any further ``hf-ssl pretrain simclr`` flag can follow ``--`` (e.g. ``-- --learn
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "scripts" / "configs" / "simclr_digit_scenes.yaml"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from sweep import evaluated_dataset, parse, percent, run_sweep, save_results, sweep_parser  # noqa: E402
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str]):
     from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS
 
-    extra: list[str] = []
-    if "--" in argv:
-        at = argv.index("--")
-        argv, extra = argv[:at], argv[at + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sweep_parser(__doc__, "simclr", DEFAULT_CONFIG, "runs/simclr-ablation")
     parser.add_argument(
         "--remove",
         nargs="+",
@@ -49,18 +45,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=list(AUGMENTATIONS),
         help="augmentations to remove, one run each (default: all)",
     )
-    parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="YAML of hf-ssl pretrain simclr flags shared by every run"
-    )
-    parser.add_argument("--dataset_name", default=None, help="pretraining and evaluation data (default: the config's)")
-    parser.add_argument("--max_steps", type=int, default=None, help="optimisation steps per run (default: config's)")
     parser.add_argument("--blur_prob", type=float, default=0.5, help="Gaussian blur probability of the full pipeline")
-    parser.add_argument("--eval_split", default="test", help="split evaluated on")
-    parser.add_argument("--eval_train_split", default="train", help="split of the kNN bank and the linear probe")
     parser.add_argument("--probe_max_iter", type=int, default=1000, help="L-BFGS iterations of the linear probe")
-    parser.add_argument("--seed", type=int, default=42, help="the same seed for every run")
-    parser.add_argument("--output_dir", default="runs/simclr-ablation", help="one folder per run, and results.json")
-    args = parser.parse_args(argv)
+    args, extra = parse(parser, argv)
     if not 0 < args.blur_prob <= 1:
         parser.error(f"--blur_prob must be in (0, 1], got {args.blur_prob}")
     if args.max_steps is not None and args.max_steps < 1:
@@ -73,8 +60,7 @@ def full_pipeline(config_file: str, blur_prob: float) -> dict[str, float]:
     :class:`SimCLRConfig`'s default (a recipe may leave out flips, say), and blur at ``blur_prob``."""
     import yaml
 
-    from hf_ssl.models.simclr import SimCLRConfig
-    from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS
+    from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS, SimCLRConfig
 
     keys = {key for values in AUGMENTATIONS.values() for key in values} | {"color_jitter_strength"}
     given = {k: v for k, v in (yaml.safe_load(Path(config_file).read_text()) or {}).items() if k in keys}
@@ -84,10 +70,6 @@ def full_pipeline(config_file: str, blur_prob: float) -> dict[str, float]:
         if name not in applied and name != "blur":
             full.update({key: getattr(defaults, key) for key in off})
     return full
-
-
-def percent(entry: dict | None) -> str:
-    return f"{100 * entry['accuracy']:.1f}%" if entry else "-"
 
 
 def markdown_table(rows: list[dict], floors: dict) -> str:
@@ -108,63 +90,36 @@ def markdown_table(rows: list[dict], floors: dict) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
-    import yaml
-
-    from hf_ssl.cli import main as hf_ssl_main
-    from hf_ssl.evaluation import evaluate
-    from hf_ssl.evaluation.arguments import EvaluationArguments
-    from hf_ssl.models.simclr import SimCLRConfig
-    from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS
+    from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS, SimCLRConfig
 
     out = Path(args.output_dir)
-    common = ["--config", args.config, "--seed", str(args.seed), "--save_strategy", "no", "--disable_tqdm", "true"]
-    if args.dataset_name:
-        common += ["--dataset_name", args.dataset_name]
-    if args.max_steps:
-        common += ["--max_steps", str(args.max_steps)]
-    dataset_name = args.dataset_name or (yaml.safe_load(Path(args.config).read_text()) or {}).get("dataset_name")
-
     full = full_pipeline(args.config, args.blur_prob)
-    runs = [("full", full)]
-    runs += [(f"no {name}", {**full, **AUGMENTATIONS[name]}) for name in args.remove]
-    rows, floors = [], {}
-    for i, (label, values) in enumerate(runs):
-        run = out / label.replace(" ", "-")
-        flags = [item for key, value in values.items() for item in (f"--{key}", str(value))]
-        started = time.perf_counter()
-        hf_ssl_main(["pretrain", "simclr", *common, *extra, *flags, "--output_dir", str(run)])
-        seconds = time.perf_counter() - started
-        results = evaluate(
-            EvaluationArguments(
-                model_name_or_path=str(run),
-                dataset_name=dataset_name,
-                split=args.eval_split,
-                train_split=args.eval_train_split,
-                probe_max_iter=args.probe_max_iter,
-                output_file=str(run / "eval_results.json"),
-                baselines=i == 0,  # the floors do not depend on the augmentations
-            )
-        )
-        floors.update(results.get("baselines") or {})
-        rows.append(
-            {
-                "run": label,
-                "augmentations": list(SimCLRConfig.from_pretrained(run).augmentations),
-                "pretrain_seconds": round(seconds, 1),
-                "knn": results["knn"],
-                "linear_probe": results["linear_probe"],
-            }
-        )
-        print(f"{label}: kNN {percent(results['knn'])}, linear probe {percent(results['linear_probe'])}", flush=True)
+    values_of = {"full": full} | {f"no {name}": {**full, **AUGMENTATIONS[name]} for name in args.remove}
+    runs = [
+        (out / label.replace(" ", "-"), [item for key, value in values.items() for item in (f"--{key}", str(value))])
+        for label, values in values_of.items()
+    ]
+    label_of = {run: label for (run, _), label in zip(runs, values_of, strict=True)}
 
+    def row_of(run: Path, seconds: float, results: dict) -> dict:
+        label = label_of[run]
+        print(f"{label}: kNN {percent(results['knn'])}, linear probe {percent(results['linear_probe'])}", flush=True)
+        return {
+            "run": label,
+            "augmentations": list(SimCLRConfig.from_pretrained(run).augmentations),
+            "pretrain_seconds": round(seconds, 1),
+            "knn": results["knn"],
+            "linear_probe": results["linear_probe"],
+        }
+
+    dataset_name = evaluated_dataset(args)
+    rows, floors = run_sweep("simclr", runs, args, extra, dataset_name, row_of, probe_max_iter=args.probe_max_iter)
     table = markdown_table(rows, floors)
     print(
         f"\nSimCLR augmentation ablation on {dataset_name}: train on {args.eval_train_split!r}, "
         f"test on {args.eval_split!r}\n\n{table}"
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"runs": rows, "baselines": floors}, indent=2) + "\n")
-    (out / "results.md").write_text(table + "\n")
+    save_results(out, rows, floors, table, "results.md")
     return rows
 
 

@@ -198,17 +198,20 @@ CASES = [
     Case("non-image-file-in-imagefolder", "image",
          lambda t, c: _simclr(t, _images(t, notes_txt=lambda p: p.write_text("not an image"))), "works"),
     Case("zero-byte-image", "image", lambda t, c: _simclr(t, _images(t, empty_png=lambda p: p.write_bytes(b""))),
-         "error", ("1 of 7 images cannot be decoded", "empty.png", "--on_bad_image skip")),
+         "error", ("1 of 7 images are unusable", "empty.png", "--on_bad_example skip")),
     Case("zero-byte-image-skipped", "image", lambda t, c: _simclr(
+        t, _images(t, empty_png=lambda p: p.write_bytes(b"")), "--on_bad_example", "skip"), "skip",
+         ("skipping 1 of 7 unusable images",), skipped=1),
+    Case("old-flag-on-bad-image", "image", lambda t, c: _simclr(
         t, _images(t, empty_png=lambda p: p.write_bytes(b"")), "--on_bad_image", "skip"), "skip",
-         ("skipping 1 of 7 undecodable images",), skipped=1),
+         ("--on_bad_image is deprecated: use --on_bad_example skip", "skipping 1 of 7 unusable images"), skipped=1),
     Case("random-bytes-image", "image", lambda t, c: _simclr(t, _images(
         t, noise_jpg=lambda p: p.write_bytes(np.random.default_rng(0).bytes(500)))), "error", ("noise.jpg", "row")),
     Case("truncated-png", "image", lambda t, c: _simclr(t, _images(t, cut_png=_cut_png)), "error",
          ("cut.png", "row 6")),
     Case("every-image-bad-with-skip", "image", lambda t, c: _simclr(t, _images(
-        t, good=0, a_png=lambda p: p.write_bytes(b""), b_png=lambda p: p.write_bytes(b"x")), "--on_bad_image",
-        "skip"), "error", ("none of the 2 images can be decoded",)),
+        t, good=0, a_png=lambda p: p.write_bytes(b""), b_png=lambda p: p.write_bytes(b"x")), "--on_bad_example",
+        "skip"), "error", ("none of the 2 images is usable",)),
     Case("image-column-missing", "image", lambda t, c: _simclr(t, _images(t), "--image_column", "photo"), "error",
          ("column 'photo' not found", "image (Image)")),
     Case("dataset-path-missing", "image", lambda t, c: _simclr(t, t / "no" / "such"), "error",
@@ -307,6 +310,7 @@ def _finite_losses(run: Path) -> list[float]:
     return [entry["loss"] for entry in info["log_history"] if "loss" in entry]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input(case: Case, tmp_path: Path, request, capsys, no_hang):
     argv = case.argv(tmp_path, lambda: request.getfixturevalue("checkpoint"))

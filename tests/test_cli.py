@@ -54,11 +54,12 @@ def test_config_file_values_are_overridden_by_later_flags(tmp_path):
     assert config_overrides(config) == {"backbone_kwargs": {"drop_rate": 0.2}}
 
 
+@pytest.mark.slow
 def test_pretrain_on_the_embedded_default(tmp_path):
     out = tmp_path / "run"
     main(["pretrain", "simclr", *TINY, "--loss_temperature", "0.2", "--max_steps", "4",
-          "--per_device_train_batch_size", "32", "--logging_steps", "2", "--output_dir", str(out),
-          "--save_strategy", "no", "--disable_tqdm", "true"])  # fmt: skip
+          "--per_device_train_batch_size", "32", "--logging_steps", "2", "--health_steps", "2",
+          "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm", "true"])  # fmt: skip
     assert (out / "model.safetensors").exists()
     config = AutoConfig.from_pretrained(out)
     assert config.loss_temperature == 0.2 and config.backbone == "convnext_atto"
@@ -69,11 +70,14 @@ def test_pretrain_on_the_embedded_default(tmp_path):
     assert (out / "preprocessor_config.json").exists()  # the processing class is saved with the model
     logged = [entry for entry in info["log_history"] if "loss" in entry]
     assert len(logged) == 2
-    for entry in logged:  # loss, learning rate and the collapse signal are logged at every logging step
-        assert {"loss", "learning_rate", "embedding_std"} <= set(entry)
-        assert 0 < entry["embedding_std"] < 1
+    for entry in logged:  # loss and learning rate are logged at every logging step
+        assert {"loss", "learning_rate"} <= set(entry)
+    health = [entry for entry in info["log_history"] if "health/embedding_std" in entry]
+    assert [entry["step"] for entry in health] == [2, 4]  # the collapse signal, every --health_steps
+    assert all(0 < entry["health/embedding_std"] < 1 for entry in health)
 
 
+@pytest.mark.slow
 def test_unknown_objective_and_command(capsys):
     for argv, message in (
         (["pretrain", "byol"], "unknown objective 'byol'; available: "),
@@ -85,6 +89,7 @@ def test_unknown_objective_and_command(capsys):
         assert f"hf-ssl: error: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_help():
     result = subprocess.run(
         [str(Path(sys.executable).parent / "hf-ssl"), "--help"], capture_output=True, text=True, check=True
@@ -92,6 +97,7 @@ def test_console_script_help():
     assert "hf-ssl pretrain <objective>" in result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tmp_path):
     """A real 2-process run (gloo on CPU) of scripts/run_pretraining.py under `accelerate launch` (torchrun)."""
     out = tmp_path / "ddp"
@@ -110,6 +116,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     assert info["train_metrics"]["train_samples_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_help_and_version_answer_without_loading_torch():
     code = (
         "import sys, hf_ssl_launcher; hf_ssl_launcher.main(['--help']); hf_ssl_launcher.main(['--version']); "

@@ -2,28 +2,32 @@
 
 import io
 import json
+import logging
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from hf_ssl import SimCLRConfig
+from hf_ssl.cli import make_parser, parse
 from hf_ssl.data import (
-    ImageViewsCollator,
-    SimCLRTransform,
+    AudioDataArguments,
+    ImageCollator,
+    ImageDataArguments,
     UndecodableImageError,
-    check_images,
     data_source,
     find_column,
     find_label_column,
     load_data,
+    load_digits_dataset,
     prepare_images,
     to_pil,
     undecoded,
 )
+from hf_ssl.errors import UsageError
+from hf_ssl.models.simclr.transforms import SimCLRTransform
 
 
 @pytest.fixture
@@ -48,22 +52,26 @@ def config():
 
 
 def test_embedded_digits_default_needs_no_download():
-    train, test = load_data(None, "train"), load_data("digits", "test")
+    train, test = load_data("digits", "train"), load_data("digits", "test")
     assert len(train) + len(test) == 1797 and len(test) == 297
     assert find_column(train, "image") == "image" and find_label_column(train) == "label"
     assert train[0]["image"].size == (8, 8)
     with pytest.raises(ValueError, match="splits 'train' and 'test'"):
-        load_data(None, "validation")
+        load_data("digits", "validation")
     assert (
-        len(load_data(None, "train[:100]")) == 100 and len(load_data(None, "test[:10%]")) == 30
+        len(load_data("digits", "train[:100]")) == 100 and len(load_data("digits", "test[:10%]")) == 30
     )  # datasets rounds 29.7
-    assert load_data(None, "train[:5]")["label"] == train["label"][:5]
+    assert load_data("digits", "train[:5]")["label"] == train["label"][:5]
+    # with no name, the caller's default (an objective's or task's default_dataset) is loaded; there is no other
+    assert load_data(None, "train[:5]", default=("digits", load_digits_dataset))["label"] == train["label"][:5]
+    with pytest.raises(UsageError, match="--dataset_name is required"):
+        load_data(None, "train")
 
 
 def test_embedded_digit_scenes_are_generated_the_same_every_time():
     """The harder embedded set: the digits' labels and split, drawn as 32x32 colour scenes from a fixed seed."""
     train, test = load_data("digit-scenes", "train"), load_data("digit-scenes", "test")
-    assert len(train) == 1500 and len(test) == 297 and train["label"] == load_data(None, "train")["label"]
+    assert len(train) == 1500 and len(test) == 297 and train["label"] == load_data("digits", "train")["label"]
     assert train[0]["image"].size == (32, 32) and train[0]["image"].mode == "RGB"
     assert find_column(train, "image") == "image" and find_label_column(train) == "label"
     head = load_data("digit-scenes", "train[:3]")
@@ -80,8 +88,8 @@ def test_image_folder_with_mixed_modes_and_tiny_images_collates(image_folder, co
     ds = load_data(str(image_folder), "train")
     assert len(ds) == 6
     column = find_column(ds, "image")
-    ds = check_images(undecoded(ds, column), column)
-    batch = ImageViewsCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
+    ds, _ = prepare_images(ds, column)
+    batch = ImageCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
     assert batch["pixel_values"].shape == (6, 2, 3, 32, 32)
     assert torch.isfinite(batch["pixel_values"]).all()
     # the two views of one image differ: the augmentation is random per view
@@ -116,7 +124,7 @@ def test_single_parquet_file_and_streaming(cifar10_dir, config):
     assert isinstance(stream, datasets.IterableDataset)
     column = find_column(stream, "image")
     rows = list(undecoded(stream, column).take(4))
-    batch = ImageViewsCollator(SimCLRTransform(config), column)(rows)
+    batch = ImageCollator(SimCLRTransform(config), column)(rows)
     assert batch["pixel_values"].shape == (4, 2, 3, 32, 32)
     assert "local file" in data_source(str(cifar10_dir / "test.parquet"), stream)
 
@@ -128,12 +136,12 @@ def test_csv_of_image_paths(image_folder, tmp_path, config):
     ds = load_data(str(csv), "train")
     column = find_column(ds, "image")
     assert column == "filename"
-    batch = ImageViewsCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
+    batch = ImageCollator(SimCLRTransform(config), column)([ds[i] for i in range(len(ds))])
     assert batch["pixel_values"].shape == (len(paths), 2, 3, 32, 32)
 
 
 def test_save_to_disk_folder(tmp_path):
-    load_data(None, "test").save_to_disk(str(tmp_path / "saved"))
+    load_data("digits", "test").save_to_disk(str(tmp_path / "saved"))
     assert len(load_data(str(tmp_path / "saved"), "train")) == 297  # a single saved Dataset is any split
 
 
@@ -173,21 +181,21 @@ def _with_broken_rows(ds: datasets.Dataset, rows: list[int]) -> datasets.Dataset
 
 
 def test_undecodable_images_are_named_by_row():
-    ds = _with_broken_rows(load_data(None, "test"), [3, 40])
-    with pytest.raises(UndecodableImageError, match=r"2 of 297 images cannot be decoded \(rows \[3, 40\]") as err:
-        check_images(ds, "image")
+    ds = _with_broken_rows(load_data("digits", "test"), [3, 40])
+    with pytest.raises(UndecodableImageError, match=r"2 of 297 images are unusable \(rows \[3, 40\]") as err:
+        prepare_images(ds, "image")
     assert "broken_40.png" in str(err.value)
 
 
 def test_undecodable_images_can_be_skipped_with_a_count(caplog):
-    ds = _with_broken_rows(load_data(None, "test"), [0, 5, 6])
+    ds = _with_broken_rows(load_data("digits", "test"), [0, 5, 6])
     with caplog.at_level("WARNING"):
-        kept = check_images(ds, "image", on_bad_image="skip")
-    assert len(kept) == 294
-    assert "skipping 3 of 297 undecodable images (rows [0, 5, 6])" in caplog.text
-    everything = _with_broken_rows(load_data(None, "test[:4]"), [0, 1, 2, 3])
-    with pytest.raises(UndecodableImageError, match="none of the 4 images can be decoded"):
-        check_images(everything, "image", on_bad_image="skip")
+        kept, skipped = prepare_images(ds, "image", on_bad_example="skip")
+    assert len(kept) == 294 and skipped == 3
+    assert "skipping 3 of 297 unusable images (rows [0, 5, 6])" in caplog.text
+    everything = _with_broken_rows(load_data("digits", "test[:4]"), [0, 1, 2, 3])
+    with pytest.raises(UndecodableImageError, match="none of the 4 images is usable"):
+        prepare_images(everything, "image", on_bad_example="skip")
 
 
 def _png(seed: int) -> bytes:
@@ -205,19 +213,31 @@ def test_streamed_broken_image_is_filtered_before_batching(config, caplog):
     with caplog.at_level("WARNING"):
         batches = list(
             torch.utils.data.DataLoader(
-                filtered, batch_size=3, collate_fn=ImageViewsCollator(SimCLRTransform(config), "image")
+                filtered, batch_size=3, collate_fn=ImageCollator(SimCLRTransform(config), "image")
             )
         )
     assert [b["pixel_values"].shape[0] for b in batches] == [3, 3] and "x.jpg" in caplog.text
     strict, _ = prepare_images(stream, "image", "error")
-    with pytest.raises(UndecodableImageError, match="x.jpg.*--on_bad_image skip"):
+    with pytest.raises(UndecodableImageError, match="x.jpg.*--on_bad_example skip"):
         list(strict)
+
+
+def test_on_bad_image_is_a_deprecated_alias_of_on_bad_example(monkeypatch, caplog):
+    monkeypatch.setattr(logging.getLogger("hf_ssl"), "propagate", True)  # main() turns it off for its own handler
+    with caplog.at_level("WARNING"):
+        (args,) = parse(make_parser(ImageDataArguments), ["--on_bad_image", "skip"])
+    assert args.on_bad_example == "skip" and args.on_bad_image is None
+    assert "--on_bad_image is deprecated: use --on_bad_example skip" in caplog.text
+    assert parse(make_parser(ImageDataArguments), [])[0].on_bad_example == "error"
+    for arguments in (ImageDataArguments, AudioDataArguments):
+        with pytest.raises(UsageError, match="--on_bad_example must be one of 'error', 'skip', got 'drop'"):
+            arguments(on_bad_example="drop")
 
 
 def test_collator_randomness_depends_on_the_batch_position_only(config):
     """Batch k of a run draws the same augmentations whatever came before (what makes resuming exact)."""
     rows = [{"image": Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))}] * 2
-    collator = ImageViewsCollator(SimCLRTransform(config), "image")
+    collator = ImageCollator(SimCLRTransform(config), "image")
     collator.set_position(seed=3, rank=0, batches_done=0)
     first, second = collator(rows)["pixel_values"], collator(rows)["pixel_values"]
     assert not torch.equal(first, second)  # each batch draws anew
@@ -228,27 +248,6 @@ def test_collator_randomness_depends_on_the_batch_position_only(config):
     assert torch.equal(torch.random.get_rng_state(), before)  # ... and is left as it was
     collator.set_position(seed=3, rank=1, batches_done=1)
     assert not torch.equal(collator(rows)["pixel_values"], second)  # other processes draw differently
-
-
-def test_augmentation_follows_the_config():
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    plain = SimCLRConfig(
-        image_size=16, crop_min_scale=1.0, hflip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0,
-        image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-    )  # fmt: skip
-    views = SimCLRTransform(plain)(image)
-    # with every random op disabled and a full-area crop (aspect ratio fixed by the square input) both views are
-    # the plain resize, equal to the deterministic evaluation transform
-    assert views.shape == (2, 3, 16, 16)
-    torch.testing.assert_close(views[0], views[1])
-    resize = v2.Compose([v2.Resize(16, antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    torch.testing.assert_close(views[0], resize(image), atol=1e-6, rtol=0)
-    gray = SimCLRConfig(image_size=16, grayscale_prob=1.0, color_jitter_prob=0.0)
-    gray_views = SimCLRTransform(gray)(image)
-    # grayscale: the channels only differ by the per-channel normalisation
-    mean, std = torch.tensor(gray.image_mean)[:, None, None], torch.tensor(gray.image_std)[:, None, None]
-    raw = gray_views[0] * std + mean
-    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
 
 
 # --- several sources in one --dataset_name -----------------------------------------------------------------------

@@ -24,7 +24,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import hf_ssl.losses
-from hf_ssl.losses import info_nce_loss, nt_xent_loss
+from hf_ssl.models.simclr.loss import nt_xent_loss
+from hf_ssl.models.simcse.loss import info_nce_loss
+
+pytestmark = pytest.mark.slow  # subprocesses, several processes or whole CLI runs
 
 WORLD_SIZE = 2
 PAIRS_PER_RANK = 3

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from hf_ssl import SimCLRForPreTraining, UsageError
 from hf_ssl.backbones import load_backbone
 from hf_ssl.cli import main
-from hf_ssl.data import load_digits_dataset, undecoded
+from hf_ssl.data import load_data, load_digits_dataset, undecoded
 from hf_ssl.evaluation import (
     EvaluationArguments,
     FeatureCollator,
@@ -185,9 +185,15 @@ def test_extract_features_matches_a_direct_forward_pass(tiny_simclr_config, digi
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-4)
     assert labels.tolist() == digits_rows["label"]
 
-    sets, same_labels = extract_feature_sets({"pixels": raw_pixels, "model": model}, digits_rows, collator, 8)
+    def per_layer(inputs):  # a pooler reporting two feature sets, by layer index
+        return {0: raw_pixels(inputs), 1: 2 * raw_pixels(inputs)}
+
+    encoders = {"pixels": raw_pixels, "model": model, "layers": per_layer}
+    sets, same_labels = extract_feature_sets(encoders, digits_rows, collator, 8)
     torch.testing.assert_close(sets["pixels"], batch["pixel_values"].flatten(1))
     torch.testing.assert_close(sets["model"], features)
+    assert list(sets) == ["pixels", "model", "layers"] and list(sets["layers"]) == [0, 1]
+    torch.testing.assert_close(sets["layers"][1], 2 * sets["pixels"])
     assert torch.equal(same_labels, labels)
 
 
@@ -241,10 +247,29 @@ def test_plain_text_encoders_are_read_without_their_pooler_and_other_families_ar
         load_features(str(tmp_path / "gpt2"))
 
 
+def test_a_checkpoint_config_is_read_once_per_load(tmp_path, monkeypatch):
+    from transformers import AutoConfig, BertConfig, BertModel
+
+    from hf_ssl.evaluation import load_features
+
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    BertModel(BertConfig(vocab_size=50, **small)).save_pretrained(tmp_path)
+    reads = []
+    read = AutoConfig.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0] if args else kwargs)
+        return read(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", classmethod(counted))
+    model, _ = load_features(str(tmp_path))
+    assert len(reads) == 1 and model.config.hidden_size == 16
+
+
 def test_held_out_probe_accuracy_uses_only_the_fit_rows():
     """The best layer's score: a probe fitted on four fifths of the fit split, scored on the other fifth."""
     from hf_ssl.evaluation.arguments import EvaluationArguments
-    from hf_ssl.evaluation.pipeline import held_out_probe_accuracy
+    from hf_ssl.evaluation.tasks.classification import held_out_probe_accuracy
 
     labels = torch.arange(100) % 4
     informative = torch.nn.functional.one_hot(labels, 4).float() + 0.01 * torch.randn(100, 4)
@@ -313,6 +338,7 @@ def small_digits():
     )
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_json_and_prints_the_table(checkpoint, tmp_path, capsys, small_digits):
     small_digits.save_to_disk(tmp_path / "small")  # the full digits run is tested above; this is the CLI path
     output_file = tmp_path / "cli.json"
@@ -394,3 +420,41 @@ def test_tables_name_the_best_layer_and_the_objectives_own_measures():
     assert lines[-1] == "mlm: accuracy 0.4123, perplexity 123.4"
     sts = {"sts": {"spearman": 0.7512, "pearson": 0.7}, "baselines": {"tfidf": {"sts": {"spearman": 0.6}}}}
     assert format_markdown_table(sts).splitlines()[2:] == ["| pretrained | 75.1 |", "| tfidf | 60.0 |"]
+
+
+def test_tasks_are_chosen_from_the_registry_by_name_or_by_the_data_they_claim(tmp_path, monkeypatch):
+    """A registered task runs for its ``--task`` name; with ``--task auto`` it is chosen when it claims the evaluated
+    split, which is loaded once and handed on (to classification too when no task claims it)."""
+    from hf_ssl.evaluation.tasks import CLASSIFICATION, TASKS, choose_task, register_task
+
+    class ToyTask:
+        name, modality = "toy", "text"
+
+        def check(self, args):
+            if args.protocol != "frozen":
+                raise UsageError("toy data has no classes")
+
+        def load(self, args):
+            loads.append(args.split)
+            return load_data(args.dataset_name, args.split, default=None)
+
+        def claims(self, evaluated):
+            return "toy_score" in evaluated.column_names
+
+    loads = []
+    monkeypatch.setattr("hf_ssl.evaluation.tasks.base.TASKS", {**TASKS})
+    register_task(ToyTask())
+    (tmp_path / "toy.csv").write_text("text,toy_score\na,1\nb,2\n")
+    (tmp_path / "labelled.csv").write_text("text,label\na,1\nb,0\n")
+
+    def choose(name, **kwargs):
+        return choose_task(EvaluationArguments(model_name_or_path="unused", dataset_name=name, split="train", **kwargs))
+
+    name, evaluated = choose(str(tmp_path / "toy.csv"))
+    assert name == "toy" and evaluated.column_names == ["text", "toy_score"] and loads == ["train"]
+    name, evaluated = choose(str(tmp_path / "labelled.csv"))
+    assert name == CLASSIFICATION and evaluated.column_names == ["text", "label"] and len(loads) == 2
+    assert choose(str(tmp_path / "labelled.csv"), task="sts")[0] == "sts"  # named: nothing loaded to decide
+    assert len(loads) == 2
+    with pytest.raises(UsageError, match="toy data has no classes"):
+        choose(str(tmp_path / "toy.csv"), protocol="all")

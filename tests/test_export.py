@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -101,6 +102,7 @@ _LOAD_WITHOUT_HF_SSL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["convnext_atto_small_stem", "resnet18"])
 def test_export_loads_without_hf_ssl_with_equal_features(backbone, tiny_simclr_config, tmp_path):
     config = tiny_simclr_config if backbone == "convnext_atto_small_stem" else _resnet18_config()
@@ -303,10 +305,23 @@ def test_hub_datasets(name, expected):
 
 
 def test_render_model_card_errors():
-    with pytest.raises(FileNotFoundError, match="simclr.md"):
-        render_model_card("no_such_objective")
+    simclr_folder = Path(inspect.getfile(SimCLRModel)).parent
+    with pytest.raises(FileNotFoundError, match="no model card template 'no_such_objective.md'"):
+        render_model_card("no_such_objective", folder=simclr_folder)
     with pytest.raises(jinja2.UndefinedError):
-        render_model_card("simclr")  # every variable is required
+        render_model_card("model_card", folder=simclr_folder)  # every variable is required
+
+
+def test_a_card_template_is_looked_up_in_its_folder_first_and_imports_the_shared_blocks(tmp_path):
+    (tmp_path / "card.md").write_text("{{ never_rendered }}")  # the objective's own file of a shared name wins
+    (tmp_path / "model_card.md").write_text(
+        '{% import "card.md" as shared with context %}# {{ model_name }}\n{{ shared.training_rows_table() }}'
+    )
+    with pytest.raises(jinja2.UndefinedError, match="never_rendered"):
+        render_model_card("model_card", folder=tmp_path, model_name="toy", training_rows=[("seed", "0")])
+    (tmp_path / "card.md").unlink()
+    card = render_model_card("model_card", folder=tmp_path, model_name="toy", training_rows=[("seed", "0")])
+    assert card == "# toy\n| seed | 0 |\n"
 
 
 def test_refuses_unknown_type_and_unsafe_output_dirs(tiny_simclr_config, tmp_path):
@@ -394,6 +409,7 @@ def test_push_folder(fake_hub, tiny_simclr_config, tmp_path):
     assert url == "https://huggingface.co/me/simclr-atto/commit/0123abc"
 
 
+@pytest.mark.slow
 def test_cli_export(tiny_simclr_config, tmp_path, capsys):
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     (tmp_path / "eval.json").write_text(json.dumps(EVAL_RESULTS))
@@ -404,6 +420,7 @@ def test_cli_export(tiny_simclr_config, tmp_path, capsys):
     assert f"exported to {out}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_export_and_push(fake_hub, tiny_simclr_config, tmp_path, capsys):
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     main(["export", str(model_dir), str(tmp_path / "export"), "--push_to_hub", "--hub_model_id", "me/atto"])
@@ -428,6 +445,7 @@ def test_checkpoint_started_from_timm_weights_exports_offline(tiny_simclr_config
     torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_push_without_repository_is_refused_before_anything_is_written(tiny_simclr_config, tmp_path, capsys):
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     with pytest.raises(SystemExit) as exit_info:
@@ -455,7 +473,7 @@ def test_pretraining_checkpoint_has_an_image_processor(tiny_simclr_config, tmp_p
     from hf_ssl.data import ImageDataArguments, load_data
     from hf_ssl.models.simclr.objective import prepare_data
 
-    prepared = prepare_data(load_data(None, "test[:4]"), tiny_simclr_config, ImageDataArguments())
+    prepared = prepare_data(load_data("digits", "test[:4]"), tiny_simclr_config, ImageDataArguments())
     model_dir = _checkpoint(tiny_simclr_config, tmp_path / "ckpt")
     prepared.processing_class.save_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
@@ -567,3 +585,50 @@ def test_image_export_card_says_which_input_sizes_the_model_accepts(backbone, tm
     assert accepts_other_sizes == (backbone == "convnext_atto")
     assert ("the model also accepts other sizes" in card) == accepts_other_sizes
     assert ("the only size the model accepts" in card) == (not accepts_other_sizes)
+
+
+def test_an_export_reads_the_checkpoints_config_once_and_maps_the_mlm_head_once(
+    cropping_tokenizer, tiny_simclr_config, tmp_path, monkeypatch
+):
+    from transformers import PretrainedConfig
+
+    from hf_ssl import MLMConfig, MLMForPreTraining
+
+    encoder = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    mlm = MLMForPreTraining(MLMConfig(encoder={**encoder, "vocab_size": len(cropping_tokenizer)}))
+    mlm.save_pretrained(tmp_path / "mlm")
+    cropping_tokenizer.save_pretrained(tmp_path / "mlm")
+    reads, mappings = [], []
+    read_config = PretrainedConfig.get_config_dict.__func__
+    to_masked_lm = MLMForPreTraining.to_masked_lm
+
+    def counted_read(cls, path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return read_config(cls, path, *args, **kwargs)
+
+    def counted_mapping(self):
+        mappings.append(1)
+        return to_masked_lm(self)
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", classmethod(counted_read))
+    monkeypatch.setattr(MLMForPreTraining, "to_masked_lm", counted_mapping)
+    for name in ("simclr", "mlm"):
+        if name == "simclr":
+            _checkpoint(tiny_simclr_config, tmp_path / name)
+        reads.clear()
+        export_backbone(tmp_path / name, tmp_path / f"{name}_export")
+        assert reads.count(name) == 1, (name, reads)
+    assert len(mappings) == 1
+
+
+def test_a_text_checkpoint_missing_weights_is_refused(tmp_path):
+    from hf_ssl import MLMConfig, MLMForPreTraining
+
+    encoder = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    MLMForPreTraining(MLMConfig(encoder={**encoder, "vocab_size": 100})).save_pretrained(tmp_path / "run")
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    dropped = next(key for key in weights if "encoder.layer.0.output.dense" in key)
+    save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "run" / "model.safetensors")
+    with pytest.raises(UsageError, match=r"run: 1 weights are missing \(.*output\.dense"):
+        export_backbone(tmp_path / "run", tmp_path / "export")
+    assert not (tmp_path / "export" / "README.md").exists()

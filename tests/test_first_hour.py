@@ -1,4 +1,4 @@
-"""A new user's first hour: inputs that used to train silently into a broken model now stop with one line naming
+"""A new user's first hour: inputs that would train silently into a broken model stop with one line naming
 the flag or file (exit status 2), help is honest, and an interrupted run resumes to the same weights."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def _pretrain(tmp_path: Path, *flags: str) -> list[str]:
     return ["pretrain", "simclr", *TINY, "--output_dir", str(tmp_path / "run"), *QUIET, *flags]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -57,6 +58,7 @@ def test_bad_input_stops_before_training_with_one_line(flags, message, tmp_path,
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_what_its_name_says(tmp_path, capsys):
     fake = tmp_path / "images.parquet"
     fake.write_text("not parquet at all\n")
@@ -64,6 +66,7 @@ def test_a_file_that_is_not_what_its_name_says(tmp_path, capsys):
     assert f"--dataset_name {fake}: cannot read it: Parquet magic bytes not found" in line
 
 
+@pytest.mark.slow
 def test_config_file_keys_must_be_flags_written_out(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("loss_temp: 0.1\nmax_steps: 2\n")
@@ -81,6 +84,7 @@ def _tiny_image_folder(root: Path, count: int, broken: int = 0) -> Path:
     return root / "images"
 
 
+@pytest.mark.slow
 def test_fewer_examples_than_one_batch(tmp_path, capsys):
     folder = _tiny_image_folder(tmp_path, 3)
     for flags in (["--max_steps", "2"], ["--num_train_epochs", "1"]):
@@ -89,13 +93,15 @@ def test_fewer_examples_than_one_batch(tmp_path, capsys):
         assert "3 training examples make no full batch of 8 per device x 1 processes" in line
 
 
+@pytest.mark.slow
 def test_every_image_undecodable_is_an_error_even_when_skipping(tmp_path, capsys):
     folder = _tiny_image_folder(tmp_path, 0, broken=3)
-    line = _error(_pretrain(tmp_path, "--dataset_name", str(folder), "--on_bad_image", "skip", "--max_steps", "2"),
+    line = _error(_pretrain(tmp_path, "--dataset_name", str(folder), "--on_bad_example", "skip", "--max_steps", "2"),
                   capsys)  # fmt: skip
-    assert "none of the 3 images can be decoded" in line
+    assert "none of the 3 images is usable" in line
 
 
+@pytest.mark.slow
 def test_diverging_training_stops_at_the_step_and_saves_nothing(tmp_path, capsys):
     line = _error(_pretrain(tmp_path, "--max_steps", "6", "--learning_rate", "1e30", "--warmup_steps", "0",
                             "--per_device_train_batch_size", "16"), capsys)  # fmt: skip
@@ -103,11 +109,13 @@ def test_diverging_training_stops_at_the_step_and_saves_nothing(tmp_path, capsys
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(hf_ssl.UsageError, match="loss_temperature"):
         main([*_pretrain(tmp_path, "--loss_temperature", "0"), "--debug"])
 
 
+@pytest.mark.slow
 def test_the_run_says_where_its_data_came_from(tmp_path):
     folder = _tiny_image_folder(tmp_path, 20)
     main(_pretrain(tmp_path, "--dataset_name", str(folder), "--max_steps", "1", "--per_device_train_batch_size", "8"))
@@ -115,6 +123,7 @@ def test_the_run_says_where_its_data_came_from(tmp_path):
     assert info["dataset_source"] == f"local folder {folder.resolve()}"
 
 
+@pytest.mark.slow
 def test_help_and_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrain", "simclr", "--help"])
@@ -131,11 +140,13 @@ def test_help_and_version(capsys):
     assert capsys.readouterr().out.strip() == f"hf-ssl {hf_ssl.__version__}"
 
 
+@pytest.mark.slow
 def test_evaluate_names_a_missing_checkpoint(capsys):
     line = _error(["evaluate", "--model_name_or_path", "/nonexistent"], capsys)
     assert "/nonexistent: no such checkpoint folder" in line
 
 
+@pytest.mark.slow
 def test_streamed_run_needs_max_steps(tmp_path, capsys):
     line = _error(_pretrain(tmp_path, "--streaming", "--num_train_epochs", "1"), capsys)
     assert "--streaming needs --max_steps" in line
@@ -144,6 +155,7 @@ def test_streamed_run_needs_max_steps(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_streamed_bad_image_gives_every_process_full_batches(tmp_path):
     """2 processes stream a dataset with an undecodable image: filtered before batching, so both processes get
     batches of the same size and the gathered NT-Xent runs (uneven batches would fail in all_gather)."""
@@ -155,7 +167,7 @@ def test_streamed_bad_image_gives_every_process_full_batches(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
         str(Path(__file__).resolve().parents[1] / "scripts" / "run_pretraining.py"), "simclr", *TINY,
-        "--dataset_name", str(folder), "--streaming", "--on_bad_image", "skip", "--max_steps", "3",
+        "--dataset_name", str(folder), "--streaming", "--on_bad_example", "skip", "--max_steps", "3",
         "--per_device_train_batch_size", "4", "--output_dir", str(out), *QUIET,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
@@ -181,6 +193,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_logging_and_cpu_defaults_print_nothing_twice(tmp_path):
     """hf_ssl logs through its own handler (a root handler would repeat what huggingface_hub and datasets log
     through theirs), and no pin_memory warning on a machine without an accelerator."""

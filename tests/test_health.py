@@ -127,6 +127,7 @@ def test_checks_name_step_metric_value_and_advice():
         HealthRules(patience=-1)
 
 
+@pytest.mark.slow
 def test_health_flags_are_validated(capsys):
     with pytest.raises(UsageError, match="--health_steps"):
         SSLTrainingArguments(output_dir="unused", health_steps=-1)
@@ -187,6 +188,7 @@ def test_health_output_documents_the_hook():
 # ------------------------------------------------------------------------------------------------------- collapses
 
 
+@pytest.mark.slow
 def test_constant_simclr_embeddings_warn_once_in_log_and_record_also_after_resume(
     tmp_path, monkeypatch, health_warnings
 ):
@@ -215,6 +217,7 @@ def test_constant_simclr_embeddings_warn_once_in_log_and_record_also_after_resum
     assert resumed["warnings"] == record["warnings"]
 
 
+@pytest.mark.slow
 def test_a_codebook_stuck_on_one_entry_warns_once(tmp_path, monkeypatch, health_warnings):
     initialise = Wav2VecPreTrainedModel._init_weights
 

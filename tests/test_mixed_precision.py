@@ -20,8 +20,10 @@ from safetensors.torch import load_file
 
 from hf_ssl import MAEConfig, MAEForPreTraining
 from hf_ssl.cli import main
-from hf_ssl.losses import info_nce_loss, nt_xent_loss, wav2vec_contrastive_loss
-from hf_ssl.masking import sample_negative_indices
+from hf_ssl.models.simclr.loss import nt_xent_loss
+from hf_ssl.models.simcse.loss import info_nce_loss
+from hf_ssl.models.wav2vec.loss import wav2vec_contrastive_loss
+from hf_ssl.models.wav2vec.masking import sample_negative_indices
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecGumbelQuantizer
 from hf_ssl.trainer import cpu_has_native_bf16
 
@@ -126,6 +128,7 @@ def test_mae_reconstruction_loss_is_fp32_for_bf16_inputs():
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0.0)
 
 
+@pytest.mark.slow
 def test_pretrain_with_bf16_on_the_cpu(tmp_path):
     """``hf-ssl pretrain mae --bf16`` on a machine without a GPU trains under CPU bf16 autocast (transformers alone
     refuses bf16 there), says once that emulated bf16 is slow, and saves fp32 weights."""
@@ -142,6 +145,7 @@ def test_pretrain_with_bf16_on_the_cpu(tmp_path):
     assert {tensor.dtype for tensor in load_file(out / "model.safetensors").values()} == {torch.float32}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="--fp16 is valid where an accelerator exists")
 def test_fp16_on_the_cpu_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -5,7 +5,7 @@ it: ``torchrun --nproc_per_node 2 -m hf_ssl.cli pretrain ...`` or ``accelerate l
 Each run must exit 0 within a wall-clock limit (a stuck collective fails the test instead of hanging it), save one
 ``model.safetensors`` and one run record with ``world_size`` 2, and say it saved the model once; ``hf-ssl evaluate``
 and ``hf-ssl export`` then work on what MLM and SimCLR saved. MLM and SimCSE use the default tokenizer, trained on the
-text: every process must end up with the same one (each used to train its own, and DDP's parameter check failed on
+text: every process must end up with the same one (were each to train its own, DDP's parameter check would fail on
 their different vocabularies).
 
 FSDP: ``accelerate launch --use_fsdp`` (or ``scripts/accelerate/fsdp.yaml``) does not shard on CPU: Accelerate turns
@@ -32,9 +32,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_wav2vec import tiny_wav2vec_flags
 from transformers import AutoModel, AutoTokenizer
 
 from hf_ssl.cli import main
+
+pytestmark = pytest.mark.slow  # subprocesses, several processes or whole CLI runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI_GPU_CONFIG = REPO_ROOT / "scripts" / "accelerate" / "multi_gpu.yaml"
@@ -47,18 +50,6 @@ TEXT_ENCODER = {
     "num_attention_heads": 2,
     "intermediate_size": 64,
     "max_position_embeddings": 64,
-}
-WAV2VEC_BACKBONE = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [16, 16, 16, 16],
-    "conv_kernel": [10, 3, 3, 3],
-    "conv_stride": [5, 2, 2, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4,
-    "feat_extract_norm": "layer",
 }
 # per objective: its launcher and the flags of a tiny model (the default data of each: no download)
 RUNS = {
@@ -75,12 +66,7 @@ RUNS = {
          "--num_attention_heads", "2", "--intermediate_size", "64", "--decoder_hidden_size", "16",
          "--decoder_num_hidden_layers", "1", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32"],
     ),
-    "wav2vec": (
-        "accelerate",
-        ["--backbone", json.dumps(WAV2VEC_BACKBONE), "--num_codevectors_per_group", "16", "--codevector_dim", "16",
-         "--proj_codevector_dim", "16", "--num_negatives", "10", "--mask_time_prob", "0.5", "--mask_time_length", "4",
-         "--sampling_rate", "8000", "--max_duration_seconds", "1.0"],
-    ),
+    "wav2vec": ("accelerate", tiny_wav2vec_flags()),
 }  # fmt: skip
 COMMON = ["--per_device_train_batch_size", "8", "--max_steps", "2", "--logging_steps", "1", "--report_to", "none",
           "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip

@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # subprocesses, several processes or whole CLI runs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = 8
 LAUNCH_TIMEOUT_S = 600
@@ -65,7 +67,7 @@ def _rows(name: str, model: torch.nn.Module) -> list[dict[str, np.ndarray]]:
     if name == "simcse":  # supervised pairs: (sentence, positive), no dropout needed as noise
         return [{"input_ids": rng.integers(5, 100, (2, 12)), "attention_mask": np.ones((2, 12), dtype=np.int64)}
                 for _ in range(ROWS)]  # fmt: skip
-    from hf_ssl.masking import sample_negative_indices
+    from hf_ssl.models.wav2vec.masking import sample_negative_indices
 
     frames = int(model._get_feat_extract_output_lengths(torch.tensor(8000)))
     rows = []
@@ -88,56 +90,22 @@ def _collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
 
 
 def _model(name: str) -> torch.nn.Module:
-    from hf_ssl import MAEConfig, MLMConfig, SimCLRConfig, SimCSEConfig, Wav2VecConfig
+    from tiny_mae import tiny_mae_config
+    from tiny_wav2vec import NO_DROPOUT, tiny_wav2vec_config
+
+    from hf_ssl import MLMConfig, SimCLRConfig, SimCSEConfig
     from hf_ssl.objectives import OBJECTIVES
 
     torch.manual_seed(0)
     config = {
         "mlm": lambda: MLMConfig(encoder=dict(TEXT_ENCODER)),
         "simcse": lambda: SimCSEConfig(encoder=dict(TEXT_ENCODER), pooler_type="mean"),
-        "mae": lambda: MAEConfig(
-            image_size=32,
-            patch_size=4,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            decoder_hidden_size=16,
-            decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2,
-            decoder_intermediate_size=32,
-        ),  # fmt: skip
+        "mae": tiny_mae_config,
         # one linear projection: the head's BatchNorm1d would normalise each process' rows by their own statistics
         "simclr": lambda: SimCLRConfig(
             backbone="convnext_atto", small_image_stem=True, image_size=32, projection_layers=1, projection_dim=16
         ),  # fmt: skip
-        "wav2vec": lambda: Wav2VecConfig(
-            backbone=dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                conv_dim=[16, 16, 16, 16],
-                conv_kernel=[10, 3, 3, 3],
-                conv_stride=[5, 2, 2, 2],
-                num_conv_pos_embeddings=16,
-                num_conv_pos_embedding_groups=4,
-                feat_extract_norm="layer",
-                hidden_dropout=0.0,
-                attention_dropout=0.0,
-                activation_dropout=0.0,
-                feat_proj_dropout=0.0,
-                layerdrop=0.0,
-            ),
-            num_codevectors_per_group=16,
-            codevector_dim=16,
-            proj_codevector_dim=16,
-            num_negatives=10,
-            sampling_rate=8000,
-            max_duration_seconds=1.0,
-            feat_quantizer_dropout=0.0,
-            feature_penalty_weight=0.0,
-        ),  # fmt: skip
+        "wav2vec": lambda: tiny_wav2vec_config(NO_DROPOUT, feat_quantizer_dropout=0.0, feature_penalty_weight=0.0),
     }[name]()
     model = OBJECTIVES[name].model_class(config)
     if name == "wav2vec":  # codes by argmax, no Gumbel noise: a draw that would differ with the split

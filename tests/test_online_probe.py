@@ -43,6 +43,7 @@ def _checkpoint_state(run: Path) -> dict:
     return json.loads((last / "trainer_state.json").read_text())
 
 
+@pytest.mark.slow
 def test_probe_is_logged_at_each_probe_step(probed_run):
     history = _log(probed_run)
     probes = {entry["step"]: entry for entry in history if "eval_probe_knn_accuracy" in entry}
@@ -52,6 +53,7 @@ def test_probe_is_logged_at_each_probe_step(probed_run):
     assert sorted(e["step"] for e in history if "loss" in e) == [2, 4, 6]  # beside the training loss
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_by_probe_accuracy(probed_run):
     state = _checkpoint_state(probed_run)
     logged = {e["step"]: e["eval_probe_knn_accuracy"] for e in state["log_history"] if "eval_probe_knn_accuracy" in e}
@@ -66,6 +68,7 @@ def test_best_checkpoint_is_kept_by_probe_accuracy(probed_run):
     assert all(torch.equal(final[name], best[name]) for name in best)
 
 
+@pytest.mark.slow
 def test_probe_equals_hf_ssl_evaluate_on_the_same_checkpoint(probed_run, tmp_path):
     logged = {e["step"]: e for e in _log(probed_run) if "eval_probe_knn_accuracy" in e}
     checkpoints = sorted(probed_run.glob("checkpoint-*"))
@@ -83,6 +86,7 @@ def test_probe_equals_hf_ssl_evaluate_on_the_same_checkpoint(probed_run, tmp_pat
         )
 
 
+@pytest.mark.slow
 def test_probe_does_not_change_training(probed_run, tmp_path):
     plain = tmp_path / "plain"
     main(["pretrain", "simclr", *TINY_SIMCLR, "--save_strategy", "no", "--output_dir", str(plain)])
@@ -93,6 +97,7 @@ def test_probe_does_not_change_training(probed_run, tmp_path):
         torch.testing.assert_close(probed[name], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_text_objective_probes_a_labelled_text_set(tmp_path):
     out = tmp_path / "mlm"
     encoder = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, ' \
@@ -108,6 +113,7 @@ def test_text_objective_probes_a_labelled_text_set(tmp_path):
     assert all(0 <= e["eval_probe_knn_accuracy"] <= 1 for e in probes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -1,147 +1,68 @@
-"""Objectives are plugins: one defined entirely here is trained, evaluated and exported through the CLI, and the
-shared code keeps its dependency shape (no import cycles, export never imports models, every package installed)."""
+"""Objectives are plugins: the README's walkthrough objective, a folder of its own outside the package, is trained,
+evaluated and exported through the CLI with its own card template; the shared code keeps its dependency shape (no
+import cycles, export never imports models, every package installed)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
-from dataclasses import dataclass, field
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
-import tomllib
-import torch
-from safetensors.torch import save_file
-from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.timm import data_config
 from hf_ssl.cli import main
-from hf_ssl.data import find_column, prepare_images, to_pil
-from hf_ssl.errors import check_range
-from hf_ssl.evaluation.features import FEATURE_SPECS, FeatureSpec
-from hf_ssl.export import EXPORTERS, ExportContext, Exporter
-from hf_ssl.objectives import OBJECTIVES, Objective, PreparedData, register_objective
+from hf_ssl.evaluation.features import FEATURE_SPECS
+from hf_ssl.export import EXPORTERS
+from hf_ssl.objectives import OBJECTIVES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------- a toy objective
 
 
-class ToyConfig(PretrainedConfig):
-    """A denoising autoencoder of tiny grey images.
-
-    Args:
-        image_size: side of the square input.
-        hidden_size: width of the code.
-        noise_scale: std of the Gaussian noise added to the input.
-    """
-
-    model_type = "hf_ssl_test_toy"
-
-    def __init__(self, image_size: int = 8, hidden_size: int = 16, noise_scale: float = 0.1, **kwargs: Any):
-        check_range("noise_scale", noise_scale, 0)
-        self.image_size, self.hidden_size, self.noise_scale = image_size, hidden_size, noise_scale
-        super().__init__(**kwargs)
-
-    @property
-    def data_config(self) -> dict[str, Any]:
-        return data_config(self.image_size, 1, [0.5], [0.5])
-
-
-@dataclass
-class ToyOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    code_norm: torch.Tensor | None = None
-
-
-class ToyPreTrainedModel(PreTrainedModel):
-    config_class = ToyConfig
-    base_model_prefix = "toy"
-    main_input_name = "pixel_values"
-
-
-class ToyModel(ToyPreTrainedModel):
-    def __init__(self, config: ToyConfig):
-        super().__init__(config)
-        self.encoder = nn.Linear(config.image_size**2, config.hidden_size)
-        self.post_init()
-
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
-        code = self.encoder(pixel_values.flatten(1))
-        return BaseModelOutputWithPooling(last_hidden_state=code[:, None], pooler_output=code)
-
-
-class ToyForPreTraining(ToyPreTrainedModel):
-    def __init__(self, config: ToyConfig):
-        super().__init__(config)
-        self.toy = ToyModel(config)
-        self.decoder = nn.Linear(config.hidden_size, config.image_size**2)
-        self.post_init()
-
-    def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor, **kwargs: Any) -> ToyOutput:
-        code = self.toy(pixel_values + self.config.noise_scale * noise).pooler_output
-        loss = (self.decoder(code) - pixel_values.flatten(1)).pow(2).mean()
-        return ToyOutput(loss=loss, code_norm=code.detach().norm(dim=1).mean())
-
-
-@dataclass
-class ToyDataArguments:
-    toy_column: str | None = field(default=None, metadata={"help": "The image column."})
-
-
-class ToyCollator:
-    def __init__(self, column: str, size: int):
-        self.column, self.size = column, size
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [to_pil(row[self.column], "L").resize((self.size, self.size)) for row in rows]
-        pixels = torch.stack([torch.tensor(list(image.getdata()), dtype=torch.float32) for image in images])
-        pixels = (pixels / 255 - 0.5) / 0.5
-        pixels = pixels.view(-1, 1, self.size, self.size)
-        return {"pixel_values": pixels, "noise": torch.randn_like(pixels)}
-
-
-def _prepare(ds, config: ToyConfig, args: ToyDataArguments) -> PreparedData:
-    column = find_column(ds, "image", args.toy_column)
-    ds, skipped = prepare_images(ds, column)
-    return PreparedData(ds, ToyCollator(column, config.image_size), {"image": column}, skipped)
-
-
-def _export(context: ExportContext) -> None:
-    model = ToyModel.from_pretrained(context.model_dir)
-    save_file(model.state_dict(), context.output_dir / "toy.safetensors")
-    (context.output_dir / "README.md").write_text(f"# toy\n\nsteps: {context.run_info.global_step}\n")
-
-
-TOY = Objective(
-    name="toy",
-    config_class=ToyConfig,
-    model_class=ToyForPreTraining,
-    modality="image",
-    data_arguments=ToyDataArguments,
-    prepare_data=_prepare,
-    features=FeatureSpec("image", description="the toy code"),
-    exporter=Exporter(_export, ("toy.safetensors", "README.md")),
-    summary="a test objective",
-)
+def walkthrough_files() -> dict[str, str]:
+    """The files of the README's "Adding an objective": every code block whose first line names a ``toy_dae/`` file
+    (``# toy_dae/objective.py``, ``{# toy_dae/model_card.md #}``), without that line."""
+    files = {}
+    for block in re.findall(r"```\w*\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S):
+        first, _, rest = block.partition("\n")
+        name = re.fullmatch(r"(?:# |\{# )(toy_dae/[\w.]+)(?: #\})?", first)
+        if name:
+            files[name.group(1)] = rest
+    return files
 
 
 @pytest.fixture
-def toy_objective():
-    AutoConfig.register(ToyConfig.model_type, ToyConfig, exist_ok=True)
-    AutoModel.register(ToyConfig, ToyModel, exist_ok=True)
-    AutoModelForPreTraining.register(ToyConfig, ToyForPreTraining, exist_ok=True)
-    register_objective(TOY)
-    yield TOY
-    OBJECTIVES.pop("toy")
-    FEATURE_SPECS.pop(ToyConfig.model_type)
-    EXPORTERS.pop(ToyConfig.model_type)
+def toy_objective(tmp_path, monkeypatch):
+    """The README's toy objective, written into a folder of its own outside the package and imported."""
+    folder = tmp_path / "plugins"
+    for name, text in walkthrough_files().items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.import_module("toy_dae")
+    yield OBJECTIVES["toy"]
+    model_type = OBJECTIVES.pop("toy").config_class.model_type
+    FEATURE_SPECS.pop(model_type)
+    EXPORTERS.pop(model_type)
+    for module in [name for name in sys.modules if name.split(".")[0] == "toy_dae"]:
+        del sys.modules[module]
 
 
+def test_the_walkthrough_has_every_file_of_an_objective_folder():
+    assert set(walkthrough_files()) == {
+        f"toy_dae/{name}"
+        for name in ("__init__.py", "configuration_toy.py", "modeling_toy.py", "objective.py", "model_card.md")
+    }
+
+
+@pytest.mark.slow
 def test_an_objective_defined_outside_the_package_runs_through_the_cli(toy_objective, tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
     main(["pretrain", "toy", "--hidden_size", "8", "--noise_scale", "0.2", "--max_steps", "3", "--logging_steps", "1"]
@@ -150,7 +71,7 @@ def test_an_objective_defined_outside_the_package_runs_through_the_cli(toy_objec
     info = json.loads((run / "hf_ssl_run.json").read_text())
     assert info["objective"] == "toy" and info["global_step"] == 3
     assert all("code_norm" in entry for entry in info["log_history"] if "loss" in entry)  # its scalars are logged
-    assert AutoConfig.from_pretrained(run).hidden_size == 8
+    assert json.loads((run / "config.json").read_text())["hidden_size"] == 8
 
     main(["evaluate", "--model_name_or_path", str(run), "--train_split", "train[:100]", "--split", "test[:50]",
           "--output_file", str(run / "eval_results.json")])  # fmt: skip
@@ -160,8 +81,11 @@ def test_an_objective_defined_outside_the_package_runs_through_the_cli(toy_objec
     assert "raw pixels" in capsys.readouterr().out
 
     main(["export", str(run), str(export)])
-    assert {p.name for p in export.iterdir()} == {"toy.safetensors", "README.md"}
-    assert "steps: 3" in (export / "README.md").read_text()
+    assert {p.name for p in export.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    card = (export / "README.md").read_text()
+    assert "Gaussian noise of std 0.2" in card  # the objective's own template, from its own folder
+    assert "| training length | 3 optimisation steps" in card  # the shared training rows
+    assert "| toy DAE (this model) |" in card and "model-index" in card  # the shared evaluation table and metadata
 
 
 # ---------------------------------------------------------------------------------------------- code shape
@@ -233,9 +157,27 @@ def test_the_import_scan_sees_function_level_imports(tmp_path):
     assert {"hf_ssl.export", "hf_ssl.export.model_card", "hf_ssl.cli"} <= _imports(source, "mod")
 
 
-def test_every_package_is_installed():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "hf_ssl").rglob("__init__.py")} | {
-        "hf_ssl.model_cards"
+@pytest.mark.slow
+def test_every_package_is_installed(tmp_path):
+    """A non-editable build (a wheel, built from a copy of the tree) holds every package of hf_ssl/, each
+    objective's own card template, the shared card templates and the launcher: nothing is listed by hand."""
+    source = tmp_path / "source"
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for name in ("hf_ssl", "model_cards"):
+        shutil.copytree(ROOT / name, source / name, ignore=junk)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source, check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("*.whl")
+    installed = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"hf_ssl_launcher.py"} | {
+        str(path.relative_to(ROOT))
+        for pattern in ("**/__init__.py", "models/*/*.md", "py.typed")
+        for path in (ROOT / "hf_ssl").glob(pattern)
     }
-    assert found == listed
+    expected |= {f"hf_ssl/model_cards/{path.name}" for path in (ROOT / "model_cards").glob("*.[mp][dy]")}
+    assert "hf_ssl/models/mae/__init__.py" in expected and expected <= installed, expected - installed
+    assert not [name for name in installed if name.startswith("hf_ssl/_entry/")]  # the launcher is its own module

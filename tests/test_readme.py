@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses, several processes or whole CLI runs
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

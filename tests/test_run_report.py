@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_wav2vec import tiny_wav2vec_config
 
 from hf_ssl import MAEConfig, MAEForPreTraining
 from hf_ssl.cli import main
 from hf_ssl.evaluation.run_report import ReportArguments, group_curves, project_2d
 from hf_ssl.models.mae.callbacks import TAG
 from hf_ssl.models.mae.report import report_pictures as mae_pictures
-from hf_ssl.models.wav2vec import Wav2VecConfig, Wav2VecForPreTraining
+from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining
 from hf_ssl.models.wav2vec.report import codebook_usage
 from hf_ssl.models.wav2vec.report import report_pictures as wav2vec_pictures
 
@@ -32,12 +33,6 @@ MLM_FLAGS = ["--encoder", json.dumps({"hidden_size": 32, "num_hidden_layers": 2,
 MAE_TINY = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1,
                 decoder_num_attention_heads=2, decoder_intermediate_size=32)  # fmt: skip
-WAV2VEC_BACKBONE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        conv_dim=[16, 16, 16, 16], conv_kernel=[10, 3, 3, 3], conv_stride=[5, 2, 2, 2],
-                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                        feat_extract_norm="layer")  # fmt: skip
-WAV2VEC_TINY = dict(num_codevectors_per_group=16, codevector_dim=16, proj_codevector_dim=16, num_negatives=10,
-                    sampling_rate=8000, max_duration_seconds=1.0)  # fmt: skip
 
 
 def linked_pictures(page: Path) -> dict[str, Path]:
@@ -54,6 +49,7 @@ def linked_pictures(page: Path) -> dict[str, Path]:
     return {title: page.parent / name for title, name in links.items()}
 
 
+@pytest.mark.slow
 def test_report_of_a_short_simclr_run(tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "report"
     main(["pretrain", "simclr", *SIMCLR_FLAGS, *QUIET, "--max_steps", "4", "--report_to", "none",
@@ -78,6 +74,7 @@ def test_report_of_a_short_simclr_run(tmp_path, capsys):
     assert "## Pictures of" not in text  # SimCLR brings no pictures of its own
 
 
+@pytest.mark.slow
 def test_report_of_a_short_mlm_run_reads_a_checkpoint_when_the_run_has_no_record(tmp_path):
     run, out = tmp_path / "run", tmp_path / "report"
     main(["pretrain", "mlm", *MLM_FLAGS, "--logging_steps", "1", "--disable_tqdm", "true", "--max_steps", "4",
@@ -132,7 +129,7 @@ def test_mae_hook_draws_reconstructions(tmp_path):
 
 
 def test_wav2vec_hook_counts_codebook_usage(tmp_path):
-    config = Wav2VecConfig(backbone=WAV2VEC_BACKBONE, **WAV2VEC_TINY)
+    config = tiny_wav2vec_config()
     model = Wav2VecForPreTraining(config).eval()
     batch = {"input_values": torch.randn(3, 8000), "attention_mask": torch.ones(3, 8000, dtype=torch.long)}
     batch["attention_mask"][0, 4000:] = 0
@@ -156,6 +153,7 @@ def test_wav2vec_hook_counts_codebook_usage(tmp_path):
         assert image.width >= 400 and image.height >= 150
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit) as exit_info:
@@ -165,6 +163,7 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path, monkeypatch, 
     assert error.startswith("hf-ssl: error:") and "\n" not in error and 'pip install "hf_ssl[report]"' in error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("record", "extra", "message"),
     [
@@ -192,6 +191,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, record, extra, message):
     assert "no such folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mae_reconstructions_go_to_tensorboard_without_changing_training(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -9,20 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
+from tiny_text import STS_PAIRS
 
 from hf_ssl.errors import UsageError
+from hf_ssl.evaluation import EvaluationArguments
 from hf_ssl.evaluation.report import format_table, result_rows
-from hf_ssl.evaluation.sts import correlations, load_sts, looks_like_sts, read_sts_tsv, sts_metrics, tfidf_cosine
+from hf_ssl.evaluation.sts import correlations, load_sts, read_sts_tsv, sts_metrics, tfidf_cosine
+from hf_ssl.evaluation.tasks import choose_task
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "stsb"
-PAIRS = [
-    (5.0, "The cat sat on the mat.", "A cat is sitting on the mat."),
-    (0.4, "A dog runs in the park.", "Python is a programming language."),
-    (3.2, "The weather is nice today.", "Today the weather is good."),
-    (1.0, "She reads a book in the garden.", "Numbers can be added."),
-    (4.6, "A man plays the guitar.", "A man is playing a guitar."),
-    (0.0, "The sun is hot.", "Lists hold items in order."),
-]
+PAIRS = STS_PAIRS[:6]
 
 
 def write_tsv(path: Path, pairs=PAIRS) -> Path:
@@ -31,6 +27,12 @@ def write_tsv(path: Path, pairs=PAIRS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def auto_task(dataset_name: str, split: str) -> str:
+    """The task ``--task auto`` chooses on ``split`` of ``dataset_name``, from the data alone."""
+    args = EvaluationArguments(model_name_or_path="unused", dataset_name=dataset_name, split=split)
+    return choose_task(args)[0]
 
 
 def test_reads_the_headerless_stsb_layout_with_extra_columns_and_quotes(tmp_path):
@@ -43,7 +45,7 @@ def test_reads_the_headerless_stsb_layout_with_extra_columns_and_quotes(tmp_path
     assert len(load_sts(str(tmp_path), "dev")) == len(pairs) == len(load_sts(str(tmp_path / "dev.tsv")))
     with pytest.raises(UsageError, match="no split 'test'"):
         load_sts(str(tmp_path), "test")
-    assert looks_like_sts(str(tmp_path), "dev") and not looks_like_sts(str(tmp_path), "test")
+    assert auto_task(str(tmp_path), "dev") == "sts"
     (tmp_path / "bad.tsv").write_text("a\tb\tc\td\tnot-a-score\tx\ty\n")
     with pytest.raises(UsageError, match="line 1"):
         read_sts_tsv(tmp_path / "bad.tsv")
@@ -56,9 +58,9 @@ def test_reads_named_columns_of_other_data(tmp_path):
     assert ds["score"] == [s for s, _, _ in PAIRS] and ds["sentence2"][0] == PAIRS[0][2]
     with pytest.raises(UsageError, match="two sentence columns"):
         load_sts(str(tmp_path / "pairs.jsonl"), "train", sentence_columns=["text1", "missing"])
-    assert looks_like_sts(str(tmp_path / "pairs.jsonl"), "train")
+    assert auto_task(str(tmp_path / "pairs.jsonl"), "train") == "sts"
     (tmp_path / "labelled.csv").write_text("text,label\na sentence,1\nanother one,0\n")
-    assert not looks_like_sts(str(tmp_path / "labelled.csv"), "train")  # classification data
+    assert auto_task(str(tmp_path / "labelled.csv"), "train") == "classification"  # classification data
 
 
 def test_real_stsb_files():
@@ -86,6 +88,7 @@ def test_tfidf_cosine_baseline():
     assert similarity[0].item() == pytest.approx(1.0) and similarity[1].item() == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_evaluate_sts_command_end_to_end_with_baselines(tmp_path, capsys):
     """A SimCSE checkpoint started from a plain encoder: the JSON has the shape of the other protocols (``sts``,
     ``baselines.<name>.sts``), the starting encoder is a baseline, and the report reads it."""
@@ -140,8 +143,7 @@ def test_a_sentence_transformers_folder_is_pooled_as_its_config_says(tmp_path, p
 
     from hf_ssl.backbones.sentence_transformers import read_pooling
     from hf_ssl.data.text import load_default_text, train_tokenizer
-    from hf_ssl.evaluation.features import model_encoder
-    from hf_ssl.evaluation.tasks.sts import load_sentence_encoder
+    from hf_ssl.evaluation.features import load_features, model_encoder
     from hf_ssl.export.sentence_transformers import save_sentence_transformer
 
     tokenizer = train_tokenizer(load_default_text("train")["text"][:500], vocab_size=200)
@@ -150,7 +152,7 @@ def test_a_sentence_transformers_folder_is_pooled_as_its_config_says(tmp_path, p
     ).eval()
     save_sentence_transformer(encoder, tokenizer, tmp_path, pooling=pooling, max_seq_length=16)
     assert read_pooling(tmp_path) == pooling
-    model, spec = load_sentence_encoder(str(tmp_path))
+    model, spec = load_features(str(tmp_path))
     encode, description = model_encoder(model, spec.pool), spec.description
     inputs = dict(tokenizer(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt"))
     with torch.no_grad():

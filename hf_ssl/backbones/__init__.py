@@ -25,7 +25,11 @@ def check_checkpoint_path(model_name_or_path: str | os.PathLike) -> str:
     return path
 
 
-def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple[str, ...] = ()) -> PreTrainedModel:
+def load_backbone(
+    model_name_or_path: str | os.PathLike,
+    optional_weights: tuple[str, ...] = (),
+    config: PretrainedConfig | None = None,
+) -> PreTrainedModel:
     """The backbone of a checkpoint (``AutoModel``: e.g. :class:`~hf_ssl.SimCLRModel` of a pretraining folder, or
     the model of an export), in eval mode.
 
@@ -33,6 +37,7 @@ def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple
         model_name_or_path: a checkpoint folder or Hub id.
         optional_weights: name prefixes of weights that may be missing because the caller never uses them (e.g.
             ``"pooler."``: a BERT checkpoint saved without the pooler that mean-pooled features do not read).
+        config: the checkpoint's config when the caller has read it already (else it is read here).
 
     Raises:
         UsageError: no such folder, a folder that is not a checkpoint, or a checkpoint that lacks weights the
@@ -40,7 +45,7 @@ def load_backbone(model_name_or_path: str | os.PathLike, optional_weights: tuple
     """
     path = check_checkpoint_path(model_name_or_path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = config if config is not None else AutoConfig.from_pretrained(path)
         model_args = getattr(config, "model_args", None)
         if isinstance(model_args, dict) and "num_classes" in model_args:
             # a timm folder as timm's save_for_hf writes it: transformers' TimmWrapperModel passes num_classes=0

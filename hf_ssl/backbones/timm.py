@@ -26,9 +26,6 @@ _SMALL_STEM_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "timm.models.mlp_mixer": lambda size: {"img_size": size, "patch_size": max(1, size // 8)},
 }
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def check_model_name(name: str, field: str = "backbone") -> None:
     """Raise :class:`UsageError` unless timm knows the architecture ``name``."""
@@ -38,12 +35,13 @@ def check_model_name(name: str, field: str = "backbone") -> None:
         raise UsageError(f"{field} {name!r} is not a timm architecture{hint}")
 
 
-def default_normalization(name: str, num_channels: int) -> tuple[list[float], list[float]]:
-    """The mean and std of ``name``'s pretrained config (ImageNet's if it has none), for ``num_channels`` inputs
-    (a single value, the mean over channels, repeated when the channel count differs)."""
-    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
-    mean = list(cfg.mean) if cfg else list(IMAGENET_MEAN)
-    std = list(cfg.std) if cfg else list(IMAGENET_STD)
+def default_normalization(num_channels: int, name: str | None = None) -> tuple[list[float], list[float]]:
+    """The mean and std of timm architecture ``name``'s pretrained config (ImageNet's without one, or without a
+    name), for ``num_channels`` inputs (a single value, the mean over channels, repeated when the channel count
+    differs)."""
+    cfg = timm.get_pretrained_cfg(name) if name is not None and timm.is_model(name) else None
+    mean = list(cfg.mean) if cfg else list(timm.data.IMAGENET_DEFAULT_MEAN)
+    std = list(cfg.std) if cfg else list(timm.data.IMAGENET_DEFAULT_STD)
     if num_channels != len(mean):
         mean = [sum(mean) / len(mean)] * num_channels
         std = [sum(std) / len(std)] * num_channels

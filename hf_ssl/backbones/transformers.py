@@ -1,6 +1,7 @@
-"""transformers text encoders as backbones: the encoder sub-config of a composite hf_ssl config (MLM, SimCSE), the
-bare encoder ``AutoModel`` builds from it, its fit to a tokenizer and a sequence length, and the mean of its token
-states over the non-padding tokens."""
+"""transformers text encoders as backbones: the encoder sub-config of a composite hf_ssl config (MLM, SimCSE) and
+its checks, the bare encoder ``AutoModel`` builds from it, the models built around it (:class:`TextEncoderModel`:
+what ``AutoModel`` loads from such a checkpoint), its fit to a tokenizer and a sequence length, and the mean of its
+token states over the non-padding tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from hf_ssl.errors import UsageError
@@ -20,6 +23,24 @@ logger = logging.getLogger(__name__)
 
 # families whose position ids start after the padding index, so a sequence needs pad_token_id + 1 more positions
 _POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm")
+
+DEFAULT_ENCODER: dict[str, Any] = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "vocab_size": 30522,
+    "max_position_embeddings": 512,
+}
+"""The default encoder of the text objectives: a small BERT (Devlin et al., 2019 layout at a quarter of BERT-base's
+width, a third of its depth) over the bert-base-uncased WordPiece vocabulary (30,522 tokens); one for all, so an MLM
+run is a drop-in start for SimCSE."""
+
+ENCODER_SUB_CONFIGS = {
+    "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
+}
+"""``sub_configs_defaults`` of a composite config with an ``encoder`` of any family (transformers builds the dict a
+config is given, or :data:`DEFAULT_ENCODER` for none, into its config class)."""
 
 
 def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | None) -> PretrainedConfig | dict | None:
@@ -48,6 +69,23 @@ def resolve_encoder_config(encoder: str | dict[str, Any] | PretrainedConfig | No
             f"could not read the config of {encoder!r}: {error}"
         ) from error
     return inner_encoder_config(config)
+
+
+def check_text_encoder(encoder: PretrainedConfig, why_bidirectional: str) -> None:
+    """Refuse an encoder sub-config that is not a bidirectional text encoder.
+
+    Args:
+        encoder: the ``encoder`` sub-config.
+        why_bidirectional: what needs bidirectional attention, for the message (``"masked language modelling"``).
+
+    Raises:
+        UsageError: no integer ``vocab_size`` / ``hidden_size``, or a decoder.
+    """
+    for field in ("vocab_size", "hidden_size"):
+        if not isinstance(getattr(encoder, field, None), int):
+            raise UsageError(f"encoder ({encoder.model_type!r}) must be a text encoder config with an integer {field}")
+    if getattr(encoder, "is_decoder", False):
+        raise UsageError(f"encoder.is_decoder must be False: {why_bidirectional} needs bidirectional attention")
 
 
 def inner_encoder_config(config: PretrainedConfig) -> PretrainedConfig:
@@ -118,6 +156,43 @@ class TextEncoderPreTrainedModel(PreTrainedModel):
         if token_type_ids is not None and takes_token_type_ids(encoder):
             kwargs["token_type_ids"] = token_type_ids
         return encoder(input_ids=input_ids, **kwargs).last_hidden_state
+
+
+class TextEncoderModel(TextEncoderPreTrainedModel):
+    """The encoder alone, what ``AutoModel`` loads from the checkpoint of an objective built around a text encoder:
+    token ids in, hidden states and one pooled vector per sequence (:meth:`pool`) out.
+
+    An objective's model derives from this and from its own ``PreTrainedModel`` base (config class, prefix), names
+    the weights of its training-only layers in ``_keys_to_ignore_on_load_unexpected`` and overrides :meth:`pool`
+    where its sentence vector is not the mean over the tokens.
+    """
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        self.encoder = create_encoder(config.encoder)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 for tokens, 0 for padding; ``None`` means all tokens.
+            token_type_ids: ``(B, L)`` segment ids, for the families that have them (dropped otherwise).
+
+        Returns:
+            ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the :meth:`pool` of the token states.
+        """
+        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden, attention_mask))
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Token states ``(B, L, H)`` -> one vector per sequence ``(B, H)``: the mean over the non-padding tokens."""
+        return masked_mean(hidden, attention_mask)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

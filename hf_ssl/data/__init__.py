@@ -1,21 +1,19 @@
-"""Data: loading from anywhere, column detection and validation, augmentations and collators."""
+"""Data: loading from anywhere, column detection and validation, decoding and seeded collators."""
 
 from hf_ssl.data.audio import (
     DEFAULT_AUDIO_DATASET,
     AudioDataArguments,
     BadAudioError,
-    check_audio,
     decode_audio,
     load_default_audio,
     prepare_audio,
     undecoded_audio,
 )
-from hf_ssl.data.augmentations import SimCLRTransform
-from hf_ssl.data.collators import ImageViewsCollator, SeededCollator
+from hf_ssl.data.collators import ImageCollator, SeededCollator
 from hf_ssl.data.images import (
     ImageDataArguments,
     UndecodableImageError,
-    check_images,
+    pil_mode,
     prepare_images,
     to_pil,
     undecoded,
@@ -35,18 +33,15 @@ __all__ = [
     "DEFAULT_AUDIO_DATASET",
     "AudioDataArguments",
     "BadAudioError",
-    "check_audio",
     "decode_audio",
     "load_default_audio",
     "prepare_audio",
     "undecoded_audio",
     "DEFAULT_DATASET",
     "ImageDataArguments",
-    "ImageViewsCollator",
+    "ImageCollator",
     "SeededCollator",
-    "SimCLRTransform",
     "UndecodableImageError",
-    "check_images",
     "concatenate_sources",
     "data_source",
     "dataset_sources",
@@ -54,6 +49,7 @@ __all__ = [
     "find_label_column",
     "load_data",
     "load_digits_dataset",
+    "pil_mode",
     "prepare_images",
     "to_pil",
     "undecoded",

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
@@ -21,10 +20,9 @@ import soundfile
 from datasets import Dataset, IterableDataset
 from scipy.signal import resample_poly
 
+from hf_ssl.data.checks import ExampleCheck, OnBadExample, check_on_bad_example, prepare_rows
 from hf_ssl.data.loading import register_embedded_dataset
 from hf_ssl.errors import UsageError
-
-logger = logging.getLogger(__name__)
 
 
 class BadAudioError(UsageError):
@@ -132,110 +130,39 @@ def undecoded_audio(ds: Dataset | IterableDataset, column: str) -> Dataset | Ite
     return ds
 
 
-def check_audio(
-    ds: Dataset,
-    column: str,
-    sampling_rate: int,
-    min_samples: int = 1,
-    on_bad_example: Literal["error", "skip"] = "error",
-    batch_size: int = 256,
-    array_sampling_rate: int | None = None,
-) -> Dataset:
-    """Decode every clip once, before training, so a broken file cannot stop a long run halfway.
-
-    Args:
-        ds: a map-style dataset whose ``column`` went through :func:`undecoded_audio`.
-        column: the audio column.
-        sampling_rate: the model's rate (clips are resampled to it before the length check).
-        min_samples: shortest usable clip, e.g. ``Wav2VecConfig.receptive_field``.
-        on_bad_example: ``"error"`` raises naming the rows; ``"skip"`` drops them and logs how many.
-        array_sampling_rate: the rate of bare arrays (see :func:`decode_audio`).
-
-    Returns:
-        ``ds``, without the bad rows when skipping.
-
-    Raises:
-        BadAudioError: listing the first bad rows and why (``on_bad_example="error"``).
-    """
-    if on_bad_example not in ("error", "skip"):
-        raise UsageError(f"on_bad_example must be one of 'error', 'skip', got {on_bad_example!r}")
-    if column not in ds.column_names:
-        raise UsageError(f"no audio column {column!r}; columns: {', '.join(ds.column_names)}")
-    ds = undecoded_audio(ds, column)
-    bad: list[tuple[int, str]] = []
-    for start in range(0, len(ds), batch_size):
-        for offset, value in enumerate(ds[start : start + batch_size][column]):
-            try:
-                decode_audio(
-                    value,
-                    sampling_rate,
-                    where=f"row {start + offset}",
-                    min_samples=min_samples,
-                    array_sampling_rate=array_sampling_rate,
-                )
-            except BadAudioError as err:
-                bad.append((start + offset, str(err)))
-    if not bad:
-        return ds
-    if len(bad) == len(ds):
-        raise BadAudioError(f"none of the {len(ds)} audio examples is usable; the first: {bad[0][1]}")
-    if on_bad_example == "error":
-        shown = "\n  ".join(message for _, message in bad[:10])
-        raise BadAudioError(
-            f"{len(bad)} of {len(ds)} audio examples are unusable (rows {[row for row, _ in bad[:10]]}"
-            f"{', ...' if len(bad) > 10 else ''})\n  {shown}\nfix or remove them, or pass --on_bad_example skip"
-        )
-    logger.warning("skipping %d of %d unusable audio examples (rows %s)", len(bad), len(ds), [r for r, _ in bad[:20]])
-    bad_rows = {row for row, _ in bad}
-    return ds.select([i for i in range(len(ds)) if i not in bad_rows])
-
-
-def _usable(
-    value: Any, sampling_rate: int, min_samples: int, on_bad_example: str, array_sampling_rate: int | None
-) -> bool:
-    try:
-        decode_audio(value, sampling_rate, "a streamed row", min_samples, array_sampling_rate)
-    except BadAudioError as err:
-        if on_bad_example == "error":
-            raise BadAudioError(f"{err}; pass --on_bad_example skip to drop such clips") from err
-        logger.warning("skipping a streamed audio example: %s", err)
-        return False
-    return True
-
-
 def prepare_audio(
     ds: Dataset | IterableDataset,
     column: str,
     sampling_rate: int,
     min_samples: int = 1,
-    on_bad_example: Literal["error", "skip"] = "error",
+    on_bad_example: OnBadExample = "error",
     array_sampling_rate: int | None = None,
 ) -> tuple[Dataset | IterableDataset, int]:
-    """``ds`` ready for an audio collator: raw values in ``column``, unusable clips handled before batching.
+    """``ds`` ready for an audio collator: raw values in ``column`` (:func:`undecoded_audio`), unusable clips handled
+    before batching by the policy ``on_bad_example`` (:func:`~hf_ssl.data.checks.prepare_rows`).
 
-    A map-style dataset is checked whole before training (:func:`check_audio`). A streamed one is checked clip by
-    clip as it is read (an error, or with ``"skip"`` a logged skip), ahead of batching, so every batch stays full
-    and the processes of a multi-process run get batches of one size.
+    Args:
+        ds: the loaded split, map-style or streamed.
+        column: the audio column.
+        sampling_rate: the model's rate (clips are resampled to it before the length check).
+        min_samples: shortest usable clip, e.g. ``Wav2VecConfig.receptive_field``.
+        on_bad_example: ``"error"`` raises naming the rows; ``"skip"`` drops them and counts them.
+        array_sampling_rate: the rate of bare arrays (see :func:`decode_audio`).
 
     Returns:
         ``(dataset, number of rows skipped)``; the count is ``0`` for a streamed dataset (its skips are logged).
+
+    Raises:
+        BadAudioError: listing the first unusable rows and why (``on_bad_example="error"``).
+        UsageError: no column ``column``.
     """
-    if on_bad_example not in ("error", "skip"):
-        raise UsageError(f"on_bad_example must be one of 'error', 'skip', got {on_bad_example!r}")
-    ds = undecoded_audio(ds, column)
-    if isinstance(ds, IterableDataset):
-        usable = functools.partial(
-            _usable,
-            sampling_rate=sampling_rate,
-            min_samples=min_samples,
-            on_bad_example=on_bad_example,
-            array_sampling_rate=array_sampling_rate,
-        )
-        return ds.filter(usable, input_columns=[column]), 0
-    checked = check_audio(
-        ds, column, sampling_rate, min_samples, on_bad_example, array_sampling_rate=array_sampling_rate
+    if ds.column_names is not None and column not in ds.column_names:
+        raise UsageError(f"no audio column {column!r}; columns: {', '.join(ds.column_names)}")
+    check = functools.partial(
+        decode_audio, sampling_rate=sampling_rate, min_samples=min_samples, array_sampling_rate=array_sampling_rate
     )
-    return checked, len(ds) - len(checked)
+    kind = ExampleCheck(check, BadAudioError, "audio examples", batch_size=256)
+    return prepare_rows(undecoded_audio(ds, column), column, kind, on_bad_example)
 
 
 @dataclass
@@ -249,7 +176,7 @@ class AudioDataArguments:
             "a column of bare sample arrays also works when named, with --audio_sampling_rate."
         },
     )
-    on_bad_example: Literal["error", "skip"] = field(
+    on_bad_example: OnBadExample = field(
         default="error",
         metadata={
             "help": "Unusable clips (undecodable, empty, shorter than the receptive field, NaN): 'error' stops "
@@ -263,6 +190,9 @@ class AudioDataArguments:
             "their own. Default: the model's sampling_rate."
         },
     )
+
+    def __post_init__(self) -> None:
+        check_on_bad_example(self.on_bad_example)
 
 
 # --- embedded default data: synthesised vowel "words" -------------------------------------------------------------

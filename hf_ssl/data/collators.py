@@ -87,16 +87,23 @@ class SeededCollator:
             yield
 
 
-class ImageViewsCollator(SeededCollator):
-    """Rows with an image column -> ``{"pixel_values": (B, V, C, H, W)}`` of augmented views, seeded per batch.
+class ImageCollator(SeededCollator):
+    """Rows with an image column -> ``{"pixel_values": (B, ...)}``, each image decoded and augmented by ``transform``
+    in the DataLoader worker, seeded per batch.
 
-    Every row must decode (:func:`~hf_ssl.data.images.prepare_images` checked or filtered them): a collator that
-    dropped rows would give processes batches of different sizes.
+    Augmentations are drawn inside :meth:`SeededCollator.batch_rng`, so batch ``k`` of a run gets the same crops
+    and flips whatever worker builds it, and a resumed run repeats the uninterrupted one. Every row must decode
+    (:func:`~hf_ssl.data.images.prepare_images` checks a dataset, or filters a streamed one, before batching): a
+    collator that dropped rows would give processes batches of different sizes, so an undecodable image here is an
+    error naming its file.
 
     Args:
-        transform: PIL image -> ``(V, C, H, W)`` tensor, e.g. :class:`~hf_ssl.data.augmentations.SimCLRTransform`.
+        transform: PIL image -> tensor: ``(C, H, W)`` for one crop, ``(V, C, H, W)`` for ``V`` views.
         image_column: the column holding the images.
-        mode: PIL mode the images are converted to (``"RGB"``, or ``"L"`` for one channel).
+        mode: PIL mode the images are converted to (see :func:`~hf_ssl.data.images.pil_mode`).
+
+    Raises:
+        UndecodableImageError: (when called) a row whose image cannot be decoded.
     """
 
     def __init__(self, transform: Callable[[Any], torch.Tensor], image_column: str, mode: str = "RGB"):
@@ -104,5 +111,8 @@ class ImageViewsCollator(SeededCollator):
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         with self.batch_rng():
-            views = [self.transform(to_pil(row[self.image_column], self.mode)) for row in rows]
-        return {"pixel_values": torch.stack(views)}
+            images = [
+                self.transform(to_pil(row[self.image_column], self.mode, where=f"row {i} of a batch"))
+                for i, row in enumerate(rows)
+            ]
+        return {"pixel_values": torch.stack(images)}

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
 from datasets import Dataset, IterableDataset
 from PIL import Image
 
+from hf_ssl.data.checks import ExampleCheck, OnBadExample, check_on_bad_example, prepare_rows
 from hf_ssl.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -32,14 +32,28 @@ class ImageDataArguments:
         default=None,
         metadata={"help": "Image column (default: the first Image column, or a column of paths named image/path/...)."},
     )
-    on_bad_image: Literal["error", "skip"] = field(
+    on_bad_example: OnBadExample = field(
         default="error",
         metadata={"help": "Undecodable images: 'error' stops before training naming their rows; 'skip' drops them."},
     )
+    on_bad_image: OnBadExample | None = field(
+        default=None, metadata={"help": "Deprecated: the old name of --on_bad_example, which it sets."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.on_bad_image is not None:
+            logger.warning("--on_bad_image is deprecated: use --on_bad_example %s", self.on_bad_image)
+            self.on_bad_example, self.on_bad_image = self.on_bad_image, None
+        check_on_bad_example(self.on_bad_example)
+
+
+def pil_mode(num_channels: int) -> str:
+    """The PIL mode images are converted to for a model of ``num_channels`` inputs: ``"L"`` for one, else ``"RGB"``."""
+    return "L" if num_channels == 1 else "RGB"
 
 
 def to_pil(value: Any, mode: str = "RGB", where: str = "") -> Image.Image:
-    """Decode one dataset value into a PIL image of ``mode`` (``"RGB"`` or ``"L"``).
+    """Decode one dataset value into a PIL image of ``mode`` (``"RGB"`` or ``"L"``, see :func:`pil_mode`).
 
     Accepts what ``datasets`` yields: a PIL image, a ``{"bytes", "path"}`` dict (``Image(decode=False)``), a file
     path, or an ``(H, W[, C])`` uint8 array. Grayscale, palette, RGBA/LA, CMYK and 16-bit images are converted.
@@ -96,69 +110,17 @@ def undecoded(ds: Dataset | IterableDataset, column: str) -> Dataset | IterableD
     return ds
 
 
-def check_images(
-    ds: Dataset, column: str, on_bad_image: Literal["error", "skip"] = "error", batch_size: int = 1000
-) -> Dataset:
-    """Decode every image once, before training, so a broken file cannot stop a long run halfway.
-
-    Args:
-        ds: a map-style dataset whose ``column`` went through :func:`undecoded`.
-        column: the image column.
-        on_bad_image: ``"error"`` raises, naming the rows; ``"skip"`` drops them and logs how many.
-
-    Returns:
-        ``ds``, without the undecodable rows when skipping.
-
-    Raises:
-        UndecodableImageError: listing the first undecodable rows (``on_bad_image="error"``).
-    """
-    bad: list[tuple[int, str]] = []
-    for start in range(0, len(ds), batch_size):
-        for offset, value in enumerate(ds[start : start + batch_size][column]):
-            try:
-                to_pil(value, where=f"row {start + offset}")
-            except UndecodableImageError as err:
-                bad.append((start + offset, str(err)))
-    if not bad:
-        return ds
-    if len(bad) == len(ds):
-        raise UndecodableImageError(f"none of the {len(ds)} images can be decoded; the first: {bad[0][1]}")
-    if on_bad_image == "error":
-        shown = "\n  ".join(message for _, message in bad[:10])
-        raise UndecodableImageError(
-            f"{len(bad)} of {len(ds)} images cannot be decoded (rows {[row for row, _ in bad[:10]]}"
-            f"{', ...' if len(bad) > 10 else ''})\n  {shown}\nfix or remove them, or pass --on_bad_image skip"
-        )
-    logger.warning("skipping %d of %d undecodable images (rows %s)", len(bad), len(ds), [r for r, _ in bad[:20]])
-    bad_rows = {row for row, _ in bad}
-    return ds.select([i for i in range(len(ds)) if i not in bad_rows])
-
-
-def _decodes(value: Any, on_bad_image: str = "skip") -> bool:
-    try:
-        to_pil(value, where="a streamed row")
-    except UndecodableImageError as err:
-        if on_bad_image == "error":
-            raise UndecodableImageError(f"{err}; pass --on_bad_image skip to drop such images") from err
-        logger.warning("skipping a streamed image: %s", err)
-        return False
-    return True
+IMAGE_CHECK = ExampleCheck(to_pil, UndecodableImageError, "images")
+"""An image row is usable when it decodes (:func:`to_pil`)."""
 
 
 def prepare_images(
-    ds: Dataset | IterableDataset, column: str, on_bad_image: Literal["error", "skip"] = "error"
+    ds: Dataset | IterableDataset, column: str, on_bad_example: OnBadExample = "error"
 ) -> tuple[Dataset | IterableDataset, int]:
-    """``ds`` ready for an image collator: raw values in ``column``, undecodable rows handled before batching.
-
-    A map-style dataset is checked whole before training (:func:`check_images`). A streamed one is checked row by
-    row as it is read (an error, or with ``"skip"`` a logged skip), ahead of batching, so every batch stays full
-    and the processes of a multi-process run get batches of one size.
+    """``ds`` ready for an image collator: raw values in ``column`` (:func:`undecoded`), undecodable rows handled
+    before batching by the policy ``on_bad_example`` (:func:`~hf_ssl.data.checks.prepare_rows`).
 
     Returns:
         ``(dataset, number of rows skipped)``; the count is ``0`` for a streamed dataset (its skips are logged).
     """
-    ds = undecoded(ds, column)
-    if isinstance(ds, IterableDataset):
-        return ds.filter(functools.partial(_decodes, on_bad_image=on_bad_image), input_columns=[column]), 0
-    checked = check_images(ds, column, on_bad_image)
-    return checked, len(ds) - len(checked)
+    return prepare_rows(undecoded(ds, column), column, IMAGE_CHECK, on_bad_example)

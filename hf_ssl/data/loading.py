@@ -169,13 +169,13 @@ def load_data(
     config_name: str | None = None,
     streaming: bool = False,
     cache_dir: str | None = None,
-    default: tuple[str, Callable[[str], Dataset]] | None = (DEFAULT_DATASET, load_digits_dataset),
+    default: tuple[str, Callable[[str], Dataset]] | None = None,
 ) -> Dataset | IterableDataset:
     """Load one split of a dataset, wherever it lives, and log where it came from (:func:`data_source`).
 
     Args:
-        dataset_name: ``None`` or the default's name for the embedded default; for an image default, another
-            embedded image set by name (:data:`EMBEDDED_DATASETS`, e.g. ``digit-scenes``); a folder
+        dataset_name: ``None`` or the default's name for the embedded default; another embedded set by name
+            (:data:`EMBEDDED_DATASETS`, e.g. ``digits`` or ``digit-scenes``); a folder
             (``imagefolder``-style tree, a folder of data files whose names carry the split, or a ``save_to_disk``
             folder); a single
             ``.parquet/.csv/.tsv/.json/.jsonl/.arrow/.txt`` file (its only split is ``train``); else a Hub id.
@@ -188,7 +188,8 @@ def load_data(
         config_name: the Hub dataset's configuration.
         streaming: return an ``IterableDataset`` that reads lazily.
         cache_dir: where ``datasets`` caches downloads.
-        default: ``(name, loader)`` of the embedded default dataset (the objective's; digits for images).
+        default: ``(name, loader)`` of the embedded dataset loaded when ``dataset_name`` is empty: the objective's
+            or evaluation task's ``default_dataset``; ``None``: a name is required.
 
     Raises:
         UsageError: the split does not exist (the message lists those that do), the dataset is empty, or

@@ -29,6 +29,7 @@ import datasets
 from datasets import ClassLabel, Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from hf_ssl.data.checks import OnBadExample, check_on_bad_example
 from hf_ssl.data.loading import find_column, register_embedded_dataset
 from hf_ssl.errors import UsageError, check_choice, check_range
 
@@ -91,7 +92,7 @@ class TextDataArguments:
             "--train_sampling_strategy group_by_length."
         },
     )
-    on_bad_example: Literal["skip", "error"] = field(
+    on_bad_example: OnBadExample = field(
         default="skip",
         metadata={
             "help": "Rows that are not text (missing or non-string values, undecodable bytes read as U+FFFD, NUL "
@@ -106,7 +107,7 @@ class TextDataArguments:
 
     def __post_init__(self) -> None:
         check_choice("--tokenizer_kind", self.tokenizer_kind, ("wordpiece", "bpe"))
-        check_choice("--on_bad_example", self.on_bad_example, ("skip", "error"))
+        check_on_bad_example(self.on_bad_example)
         check_range("--vocab_size", self.vocab_size, 16)
         check_range("--max_seq_length", self.max_seq_length, 3)
         if self.preprocessing_num_workers is not None:

@@ -4,6 +4,7 @@
 tensors too.
 """
 
+from hf_ssl.backbones import random_init_backbone
 from hf_ssl.evaluation.arguments import EvaluationArguments
 from hf_ssl.evaluation.features import (
     FeatureSpec,
@@ -15,7 +16,7 @@ from hf_ssl.evaluation.features import (
 )
 from hf_ssl.evaluation.knn import knn_accuracy, knn_predict
 from hf_ssl.evaluation.linear_probe import LinearProbe, fit_linear_probe, linear_probe_accuracy
-from hf_ssl.evaluation.pipeline import evaluate, random_init_backbone
+from hf_ssl.evaluation.pipeline import evaluate
 from hf_ssl.evaluation.report import format_markdown_table, format_table, result_rows
 from hf_ssl.evaluation.tasks import ClassificationTask, FeatureCollator, get_task, register_task
 from hf_ssl.evaluation.tasks.image_classification import image_data_config, image_preprocessor, raw_pixels

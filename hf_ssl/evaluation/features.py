@@ -32,11 +32,18 @@ from hf_ssl.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-Encoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-"""``inputs (e.g. {"pixel_values": (B, C, H, W)}) -> features (B, F)``."""
+Features = torch.Tensor | dict[int, torch.Tensor]
+"""``(B, F)`` features, or ``{layer index: (B, F)}``: one feature set per layer, in layer order."""
+
+Encoder = Callable[[dict[str, torch.Tensor]], Features]
+"""``inputs (e.g. {"pixel_values": (B, C, H, W)}) -> features (B, F)`` (or one set per layer)."""
+
+Pooler = Callable[[Any, dict[str, torch.Tensor], nn.Module], Features]
+"""``(model outputs, model inputs, model) -> features``: the model is there for what it computes from the inputs
+(e.g. a speech encoder's frame mask)."""
 
 
-def pooler_output(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def pooler_output(outputs: Any, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
     """The default pooler: the backbone's own ``pooler_output (B, F)``."""
     return outputs.pooler_output
 
@@ -47,10 +54,10 @@ class FeatureSpec:
 
     Args:
         modality: the data kind the backbone reads (chooses the task: preprocessing and baselines).
-        pool: ``(model outputs, inputs) -> (B, F)`` features, or an ordered ``{layer: (B, F)}`` of several feature
-            sets (e.g. each transformer layer's output): each is evaluated, the results report every layer, the best
-            (by a linear probe on a held-out fifth of the fit split, never the scored split) and, at the top level,
-            the last; default the backbone's ``pooler_output``.
+        pool: a :data:`Pooler`: ``(B, F)`` features, or ``{layer index: (B, F)}`` (e.g. each transformer layer's
+            output): each layer is evaluated, the results report every layer, the best (by a linear probe on a
+            held-out fifth of the fit split, never the scored split) and, at the top level, the last; default the
+            backbone's ``pooler_output``.
         description: what the features are, in words, reported in the results (``"mean of patch tokens"``).
         extra_metrics: ``(model, test dataset, input column, preprocessor) -> {key: results}``: the objective's own
             measures on the evaluated split (e.g. masked-token accuracy), merged into the results.
@@ -59,7 +66,7 @@ class FeatureSpec:
     """
 
     modality: Modality
-    pool: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = pooler_output
+    pool: Pooler = pooler_output
     description: str = "pooler_output"
     extra_metrics: Callable[[Any, Any, str, Callable], dict[str, Any]] | None = None
     optional_weights: tuple[str, ...] = ()
@@ -75,12 +82,12 @@ def register_features(model_type: str, spec: FeatureSpec) -> None:
     FEATURE_SPECS[model_type] = spec
 
 
-def mean_of_tokens(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def mean_of_tokens(outputs: Any, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
     """``(B, F)``: the mean of ``last_hidden_state`` over the tokens where ``attention_mask`` is 1."""
     return masked_mean(outputs.last_hidden_state, inputs.get("attention_mask"))
 
 
-def first_token(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def first_token(outputs: Any, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
     """``(B, F)``: the first token's state of ``last_hidden_state`` ([CLS])."""
     return outputs.last_hidden_state[:, 0]
 
@@ -111,34 +118,46 @@ def plain_text_features(model_name_or_path: str, config: PretrainedConfig) -> Fe
     return FeatureSpec("text", mean_of_tokens, "mean of the token states", optional_weights=("pooler.",))
 
 
-def frame_weights(attention_mask: torch.Tensor | None, num_frames: int, batch_size: int) -> torch.Tensor:
-    """``(B, T)`` weights that average over each clip's unpadded frames (rows sum to 1).
+def frame_mask(model: nn.Module, attention_mask: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
+    """``(B, T)`` bool mask of each clip's unpadded frames, as the speech encoder computes it from the sample-level
+    ``attention_mask (B, L)`` (``_get_feature_vector_attention_mask`` of the transformers module inside ``model``:
+    wav2vec 2.0, HuBERT, WavLM, data2vec-audio, ...); ``None`` without an attention mask.
 
-    A clip's frame count is its share of the padded sample length, ``num_frames * samples // padded samples``
-    (at least 1): the frames of the padding are left out, as in the wav2vec objective's pooling.
+    Raises:
+        TypeError: an attention mask for a model with no speech encoder inside.
     """
     if attention_mask is None:
-        return torch.full((batch_size, num_frames), 1.0 / num_frames)
-    lengths = (attention_mask.sum(-1).long() * num_frames) // attention_mask.shape[1]  # (B,)
-    lengths = lengths.clamp(min=1, max=num_frames)
-    mask = (torch.arange(num_frames, device=attention_mask.device)[None, :] < lengths[:, None]).float()  # (B, T)
-    return mask / mask.sum(1, keepdim=True)
+        return None
+    speech = next((m for m in model.modules() if hasattr(m, "_get_feature_vector_attention_mask")), None)
+    if speech is None:
+        raise TypeError(f"{type(model).__name__} holds no speech encoder that computes a frame mask")
+    return speech._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
 
 
-def mean_of_frames_per_layer(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The mean over unpadded frames of each layer's output of a speech encoder: ``{"layer_0": (B, H), ...,
-    "layer_N": (B, H)}`` (``layer_0``: the transformer's input); without ``hidden_states`` (the audio task asks for
-    them), the mean of ``last_hidden_state`` alone."""
+def mean_of_frames_per_layer(
+    outputs: Any, inputs: dict[str, torch.Tensor], model: nn.Module
+) -> torch.Tensor | dict[int, torch.Tensor]:
+    """The mean over the unpadded frames (:func:`frame_mask`) of each layer's output of a speech encoder:
+    ``{0: (B, H), ..., N: (B, H)}`` (layer 0: the transformer's input); without ``hidden_states`` (the audio task
+    asks for them), the mean of ``last_hidden_state`` alone."""
     last = outputs.last_hidden_state  # (B, T, H)
-    weights = frame_weights(inputs.get("attention_mask"), last.shape[1], last.shape[0]).to(last.device, last.dtype)
+    mask = frame_mask(model, inputs.get("attention_mask"), last.shape[1])
 
     def pool(states: torch.Tensor) -> torch.Tensor:
-        return (states * weights[..., None]).sum(1)  # (B, T, H) -> (B, H)
+        return masked_mean(states, mask)  # (B, T, H) -> (B, H)
 
     hidden = getattr(outputs, "hidden_states", None)
     if not hidden:
         return pool(last)
-    return {f"layer_{i}": pool(states) for i, states in enumerate(hidden)}
+    return dict(enumerate(pool(states) for states in hidden))
+
+
+SPEECH_FEATURES = FeatureSpec(
+    "audio",
+    mean_of_frames_per_layer,
+    "mean over unpadded frames of each transformer layer's output (layer_0: its input)",
+)
+"""How evaluation reads a speech encoder: the wav2vec objective's checkpoints and any plain speech encoder."""
 
 
 def plain_audio_features(config: PretrainedConfig) -> FeatureSpec | None:
@@ -148,11 +167,7 @@ def plain_audio_features(config: PretrainedConfig) -> FeatureSpec | None:
     ...) is pooled by the mean over its frames, per layer, as the wav2vec objective's features are."""
     if config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES or not getattr(config, "conv_kernel", None):
         return None
-    return FeatureSpec(
-        "audio",
-        mean_of_frames_per_layer,
-        "mean over unpadded frames of each transformer layer's output (layer_0: its input)",
-    )
+    return SPEECH_FEATURES
 
 
 def feature_spec(model_name_or_path: str, config: PretrainedConfig) -> FeatureSpec:
@@ -220,7 +235,7 @@ def load_features(model_name_or_path: str, timm_checkpoint: str | None = None) -
             f"for a timm model by name): {first}"
         ) from error
     spec = feature_spec(path, config)
-    return load_backbone(path, optional_weights=spec.optional_weights), spec
+    return load_backbone(path, optional_weights=spec.optional_weights, config=config), spec
 
 
 def default_device() -> torch.device:
@@ -228,8 +243,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_encoder(model: nn.Module, pool: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = pooler_output):
-    """Wrap a backbone as an :data:`Encoder`: ``pool(model(**inputs), inputs)``.
+def model_encoder(model: nn.Module, pool: Pooler = pooler_output) -> Encoder:
+    """Wrap a backbone as an :data:`Encoder`: ``pool(model(**inputs), inputs, model)``.
 
     Floating-point inputs are cast to the model's dtype (a checkpoint may be stored in bfloat16); all are moved to
     its device.
@@ -238,12 +253,12 @@ def model_encoder(model: nn.Module, pool: Callable[[Any, dict[str, torch.Tensor]
     dtype = parameter.dtype if parameter is not None else torch.float32
     device = parameter.device if parameter is not None else torch.device("cpu")
 
-    def encode(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode(inputs: dict[str, torch.Tensor]) -> Features:
         moved = {
             key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
             for key, value in inputs.items()
         }
-        return pool(model(**moved), moved)
+        return pool(model(**moved), moved, model)
 
     return encode
 
@@ -256,7 +271,7 @@ def extract_feature_sets(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     num_workers: int = 0,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[dict[str, Features], torch.Tensor]:
     """Features of every row of ``dataset`` under each encoder, decoding and preprocessing each row once.
 
     Modules are put in eval mode for the pass (and restored afterwards) and moved to ``device``.
@@ -270,8 +285,8 @@ def extract_feature_sets(
         num_workers: DataLoader worker processes decoding the rows.
 
     Returns:
-        ``({name: (N, F_name) float32 CPU tensor}, labels (N,) int64)``, in dataset order; an encoder returning a
-        dict of feature sets (one per layer) gives one entry ``"name/key"`` per set.
+        ``({name: (N, F_name) float32 CPU tensor}, labels (N,) int64)``, in dataset order; an encoder returning
+        one feature set per layer gives ``{layer index: (N, F) tensor}`` under its name.
     """
     device = torch.device(device) if device is not None else default_device()
     modules = {name: enc for name, enc in encoders.items() if isinstance(enc, nn.Module)}
@@ -284,24 +299,40 @@ def extract_feature_sets(
         else:
             functions[name] = encoder
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
-    chunks: dict[str, list[torch.Tensor]] = {}
+    chunks: dict[str, list[Features]] = {}
     labels: list[torch.Tensor] = []
     try:
         for batch in loader:
             batch_labels = batch.pop("labels")
             inputs = {key: value.to(device) for key, value in batch.items()}
             for name, encode in functions.items():
-                features = encode(inputs)  # (B, F), or {layer: (B, F)} for a pooler reporting several layers
-                named = features.items() if isinstance(features, dict) else [(None, features)]
-                for key, value in named:
-                    chunks.setdefault(name if key is None else f"{name}/{key}", []).append(value.float().cpu())
+                chunks.setdefault(name, []).append(_to_cpu(encode(inputs)))
             labels.append(batch_labels.long())
     finally:
         for name, module in modules.items():
             module.train(was_training[name])
     if not labels:
         raise UsageError("the dataset is empty: there are no features to extract")
-    return {name: torch.cat(parts) for name, parts in chunks.items()}, torch.cat(labels)
+    return {name: _concatenated(parts) for name, parts in chunks.items()}, torch.cat(labels)
+
+
+def _to_cpu(features: Features) -> Features:
+    if isinstance(features, dict):
+        return {layer: value.float().cpu() for layer, value in features.items()}
+    return features.float().cpu()
+
+
+def _concatenated(parts: list[Features]) -> Features:
+    """The batches' features, concatenated along the rows (per layer for per-layer features)."""
+    if isinstance(parts[0], dict):
+        return {layer: torch.cat([part[layer] for part in parts]) for layer in parts[0]}
+    return torch.cat(parts)
+
+
+def last_layer(features: Features) -> torch.Tensor:
+    """``(N, F)``: the features themselves, or the last layer's of per-layer features (what ``hf-ssl evaluate``
+    reports at its top level)."""
+    return features[max(features)] if isinstance(features, dict) else features
 
 
 def extract_features(
@@ -311,11 +342,12 @@ def extract_features(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     num_workers: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Features, torch.Tensor]:
     """Frozen features of every row of ``dataset`` under one encoder (see :func:`extract_feature_sets`).
 
     Returns:
-        ``(features (N, F) float32, labels (N,) int64)``, both on the CPU, in dataset order.
+        ``(features (N, F) float32, labels (N,) int64)``, both on the CPU, in dataset order (per-layer features:
+        ``{layer index: (N, F)}``).
     """
     features, labels = extract_feature_sets(
         {"model": model}, dataset, collator, batch_size=batch_size, device=device, num_workers=num_workers

@@ -25,7 +25,7 @@ import copy
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ from hf_ssl.backbones.timm import reset_to_timm_init
 from hf_ssl.data.collators import preserved_rng
 from hf_ssl.errors import UsageError, check_int, check_range
 from hf_ssl.evaluation.arguments import EvaluationArguments
-from hf_ssl.evaluation.features import FeatureSpec
+from hf_ssl.evaluation.features import FeatureSpec, Pooler, last_layer
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class PooledClassifier(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        pool: Callable[[Any, dict[str, torch.Tensor]], Any],
+        pool: Pooler,
         num_features: int,
         num_classes: int,
     ):
@@ -190,8 +190,7 @@ class PooledClassifier(nn.Module):
 
     def features(self, **inputs: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` pooled features of the inputs."""
-        pooled = self.pool(self.backbone(**inputs), inputs)
-        return pooled[list(pooled)[-1]] if isinstance(pooled, dict) else pooled
+        return last_layer(self.pool(self.backbone(**inputs), inputs, self.backbone))
 
     def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:
         """``logits (B, num_classes)``, and with ``labels (B,)`` their cross-entropy ``loss``."""
@@ -242,12 +241,12 @@ def finetune(
             output_dir=output_dir,
             num_train_epochs=settings.epochs,
             max_steps=settings.steps,
-            learning_rate=settings.learning_rate,
             per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=settings.eval_batch_size,
+            optim="adamw_torch",
+            learning_rate=settings.learning_rate,
             warmup_steps=WARMUP_RATIO,
             weight_decay=WEIGHT_DECAY,
-            optim="adamw_torch",
             seed=settings.seed,
             data_seed=settings.seed,
             save_strategy="no",
@@ -311,7 +310,7 @@ def finetune_results(
     runs = (("pretrained", True), ("random_init", False))[: 2 if args.baselines else 1]
     results = {}
     with classifier_folder(args.model_name_or_path, backbone) as folder:
-        ecosystem = ecosystem_classifier(AutoConfig.from_pretrained(folder), spec.modality) is not None
+        ecosystem = ecosystem_classifier(backbone.config, spec.modality) is not None
         for name, pretrained in runs:
             if ecosystem:
                 model = build_classifier(folder, spec.modality, num_classes, pretrained, settings.seed)

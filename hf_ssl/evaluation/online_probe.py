@@ -30,11 +30,11 @@ from transformers import PreTrainedModel
 from hf_ssl.data import find_column, find_label_column, load_data
 from hf_ssl.data.collators import preserved_rng
 from hf_ssl.errors import UsageError, check_range
-from hf_ssl.evaluation.features import FeatureSpec, extract_feature_sets, model_encoder
+from hf_ssl.evaluation.features import FeatureSpec, extract_feature_sets, last_layer, model_encoder
 from hf_ssl.evaluation.knn import knn_accuracy
 from hf_ssl.evaluation.linear_probe import linear_probe_accuracy
-from hf_ssl.evaluation.pipeline import LINEAR_PROBE_WEIGHT_DECAY, _encode_labels
 from hf_ssl.evaluation.tasks import ClassificationTask, FeatureCollator, get_task
+from hf_ssl.evaluation.tasks.classification import LINEAR_PROBE_WEIGHT_DECAY, encode_labels
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class OnlineProbe:
             args, task, args.probe_split, "--probe_split", args.probe_max_eval_examples, (column, label_column)
         )
         try:
-            train, test, num_classes = _encode_labels(
+            train, test, num_classes = encode_labels(
                 train, test, label_column, (args.probe_train_split, args.probe_split)
             )
         except UsageError as error:
@@ -340,7 +340,7 @@ class OnlineProbe:
                     sets, labels = extract_feature_sets(
                         {"probe": encode}, ds, self.collator, batch_size=self.args.probe_batch_size, device=device
                     )
-                    out.append((sets[list(sets)[-1]].to(device), labels.to(device)))
+                    out.append((last_layer(sets["probe"]).to(device), labels.to(device)))
         finally:
             for key, value in saved.items():
                 setattr(backbone.config, key, value)

@@ -29,9 +29,10 @@ from hf_ssl.callbacks import RUN_INFO_FILE, RunInfo
 from hf_ssl.checkpoints import last_complete_checkpoint
 from hf_ssl.data import find_column, find_label_column, load_data
 from hf_ssl.errors import UsageError, check_choice, check_range
-from hf_ssl.evaluation.features import default_device, extract_feature_sets, load_features, model_encoder
+from hf_ssl.evaluation.features import default_device, extract_feature_sets, last_layer, load_features, model_encoder
 from hf_ssl.evaluation.report import format_markdown_table
 from hf_ssl.evaluation.tasks import get_task
+from hf_ssl.evaluation.tasks.classification import layer_key
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +305,8 @@ def embedding_map(plt: Any, args: ReportArguments, model_dir: str, path: Path) -
         batch_size=args.batch_size,
         device=device,
     )
-    name = list(sets)[-1]  # a backbone read per layer: its last layer, as evaluate reports at the top level
-    coords, axis_labels = project_2d(sets[name], args.projection, args.seed)
+    features = sets["model"]  # a backbone read per layer: its last layer, as evaluate reports at the top level
+    coords, axis_labels = project_2d(last_layer(features), args.projection, args.seed)
 
     figure, ax = plt.subplots(figsize=(6.4, 5.2))
     colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
@@ -325,7 +326,7 @@ def embedding_map(plt: Any, args: ReportArguments, model_dir: str, path: Path) -
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
-    layer = f"; {name.split('/', 1)[1]} shown" if "/" in name else ""
+    layer = f"; {layer_key(max(features))} shown" if isinstance(features, dict) else ""
     method = {"pca": "PCA", "tsne": "t-SNE"}[args.projection]
     what = (
         f"{method} of the features ({spec.description}{layer}) of {len(label_tensor)} rows of {dataset} "

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from hf_ssl.data.loading import load_data
 from hf_ssl.errors import UsageError
-from hf_ssl.losses import alignment, uniformity
+from hf_ssl.health import alignment, uniformity
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
 _SENTENCE_NAMES = (("sentence1", "sentence2"), ("sentence_a", "sentence_b"), ("text1", "text2"), ("s1", "s2"))
@@ -81,6 +82,71 @@ def _looks_like_stsb_tsv(path: Path) -> bool:
     return True
 
 
+def read_sts_split(
+    dataset_name: str, split: str = "test", config_name: str | None = None, cache_dir: str | None = None
+) -> Dataset:
+    """One split of ``dataset_name`` as it is: a folder holding ``<split>.tsv`` in the STS Benchmark's headerless
+    layout (as ``../shared/data/text/stsb``), or such a ``.tsv`` file itself, as ``sentence1``, ``sentence2``,
+    ``score``; anything else as :func:`hf_ssl.data.load_data` reads it (Hub id, folder, data file with a header).
+
+    Raises:
+        UsageError: no such split or file.
+    """
+    path = Path(dataset_name)
+    tsv = path / f"{split}.tsv" if path.is_dir() else path
+    if tsv.is_file() and tsv.suffix == ".tsv" and _looks_like_stsb_tsv(tsv):
+        return read_sts_tsv(tsv)
+    stsb_files = [p for p in path.glob("*.tsv") if _looks_like_stsb_tsv(p)] if path.is_dir() else []
+    if stsb_files and not any(path.glob(f"{split}*")):
+        available = sorted(p.stem for p in stsb_files)
+        raise UsageError(f"{dataset_name}: no split {split!r}; it has {available}")
+    return load_data(dataset_name, split, config_name=config_name, cache_dir=cache_dir, default=None)
+
+
+def sts_columns(
+    columns: Sequence[str],
+    sentence_columns: Sequence[str] | None = None,
+    score_column: str | None = None,
+    name: str = "the split",
+) -> tuple[tuple[str, str], str]:
+    """``((first sentence, second sentence), score)`` columns among ``columns``: those named, else detected
+    (``sentence1``/``sentence2`` and similar names; ``score``, ``similarity_score``, ``label``, ...).
+
+    Raises:
+        UsageError: they are not all there (the message lists the columns there are).
+    """
+    if sentence_columns is None:
+        sentence_columns = next((pair for pair in _SENTENCE_NAMES if set(pair) <= set(columns)), None)
+    if sentence_columns is None or len(sentence_columns) != 2 or not set(sentence_columns) <= set(columns):
+        raise UsageError(
+            f"STS data needs two sentence columns (given as --input_column sentence1,sentence2); {name!r} has {columns}"
+        )
+    if score_column is None:
+        score_column = next((name for name in _SCORE_NAMES if name in columns), None)
+    if score_column is None or score_column not in columns:
+        raise UsageError(f"STS data needs a score column (given as --label_column); {name!r} has {columns}")
+    return (sentence_columns[0], sentence_columns[1]), score_column
+
+
+def sts_pairs(
+    ds: Dataset, name: str, sentence_columns: Sequence[str] | None = None, score_column: str | None = None
+) -> Dataset:
+    """The rows of ``ds`` (of dataset ``name``) as ``sentence1``, ``sentence2`` (strings) and ``score`` (float)
+    columns (:func:`sts_columns`).
+
+    Raises:
+        UsageError: columns that cannot be found (the message names the dataset and lists the columns it has).
+    """
+    (first, second), score = sts_columns(ds.column_names, sentence_columns, score_column, name)
+    return Dataset.from_dict(
+        {
+            "sentence1": [str(s) for s in ds[first]],
+            "sentence2": [str(s) for s in ds[second]],
+            "score": [float(s) for s in ds[score]],
+        }
+    )
+
+
 def load_sts(
     dataset_name: str,
     split: str = "test",
@@ -88,13 +154,12 @@ def load_sts(
     score_column: str | None = None,
     cache_dir: str | None = None,
 ) -> Dataset:
-    """One split of an STS dataset as ``sentence1``, ``sentence2``, ``score`` columns.
+    """One split of an STS dataset (:func:`read_sts_split`) as ``sentence1``, ``sentence2``, ``score`` columns
+    (:func:`sts_pairs`).
 
     Args:
-        dataset_name: a folder holding ``<split>.tsv`` in the STS Benchmark's headerless layout (as
-            ``../shared/data/text/stsb``), such a ``.tsv`` file itself, or anything
-            :func:`hf_ssl.data.load_data` reads (Hub id, folder, data file with a header) with two sentence columns
-            and a score column.
+        dataset_name: a folder of STS Benchmark ``.tsv`` files, such a file, or anything
+            :func:`hf_ssl.data.load_data` reads with two sentence columns and a score column.
         split: the split (for a folder of ``.tsv`` files: the file name without ``.tsv``).
         sentence_columns: the two sentence columns (detected: ``sentence1``/``sentence2`` and similar names).
         score_column: the score column (detected: ``score``, ``similarity_score``, ``label``, ...).
@@ -103,36 +168,8 @@ def load_sts(
     Raises:
         UsageError: no such split or file, or columns that cannot be found (the message lists those there are).
     """
-    path = Path(dataset_name)
-    tsv = path / f"{split}.tsv" if path.is_dir() else path
-    if tsv.is_file() and tsv.suffix == ".tsv" and _looks_like_stsb_tsv(tsv):
-        return read_sts_tsv(tsv)
-    if path.is_dir() and not any(path.glob(f"{split}*")) and any(path.glob("*.tsv")):
-        available = sorted(p.stem for p in path.glob("*.tsv"))
-        raise UsageError(f"{dataset_name}: no split {split!r}; it has {available}")
-    from hf_ssl.data.loading import load_data
-
-    ds = load_data(dataset_name, split, cache_dir=cache_dir, default=None)
-    columns = ds.column_names
-    if sentence_columns is None:
-        sentence_columns = next((pair for pair in _SENTENCE_NAMES if set(pair) <= set(columns)), None)
-    if sentence_columns is None or len(sentence_columns) != 2 or not set(sentence_columns) <= set(columns):
-        raise UsageError(
-            f"STS data needs two sentence columns (given as --input_column sentence1,sentence2); "
-            f"{dataset_name!r} has {columns}"
-        )
-    if score_column is None:
-        score_column = next((name for name in _SCORE_NAMES if name in columns), None)
-    if score_column is None or score_column not in columns:
-        raise UsageError(f"STS data needs a score column (given as --label_column); {dataset_name!r} has {columns}")
-    first, second = sentence_columns
-    return Dataset.from_dict(
-        {
-            "sentence1": [str(s) for s in ds[first]],
-            "sentence2": [str(s) for s in ds[second]],
-            "score": [float(s) for s in ds[score_column]],
-        }
-    )
+    ds = read_sts_split(dataset_name, split, cache_dir=cache_dir)
+    return sts_pairs(ds, dataset_name, sentence_columns, score_column)
 
 
 def cosine_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -237,15 +274,3 @@ def encode_sentences(
     if not parts:
         raise UsageError("there are no sentences to encode")
     return torch.cat(parts)
-
-
-def looks_like_sts(dataset_name: str | None, split: str = "test", cache_dir: str | None = None) -> bool:
-    """Whether one split of ``dataset_name`` reads as STS data (:func:`load_sts` finds two sentence columns and a
-    score), for ``hf-ssl evaluate`` to choose the STS task when none is named."""
-    if not dataset_name:
-        return False
-    try:
-        load_sts(dataset_name, split, cache_dir=cache_dir)
-    except (UsageError, ValueError, OSError):
-        return False
-    return True

@@ -9,6 +9,7 @@ does. Each objective registers an exporter for its ``model_type`` (through its :
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForPreTraining, PretrainedConfig, PreTrainedModel
 
 from hf_ssl.callbacks import RunInfo
 from hf_ssl.checkpoints import check_weights
@@ -28,14 +29,6 @@ logger = logging.getLogger(__name__)
 EVAL_RESULTS_FILE = "eval_results.json"
 """Evaluation results looked for in the checkpoint folder when no ``eval_file`` is given."""
 
-REPO_ID_PLACEHOLDER = "<user>/<model-name>"
-"""Stands for the repository id in a card's code snippets until :func:`push_folder` knows it."""
-
-SIMCLR_PAPER = ("arXiv:2002.05709", "A Simple Framework for Contrastive Learning of Visual Representations")
-
-# pretrained_cfg fields that describe the weights timm's registry ships for an architecture, not ours
-_SOURCE_WEIGHT_FIELDS = ("tag", "description", "origin_url", "paper_name", "paper_ids", "notes", "license")
-
 
 @dataclass
 class ExportContext:
@@ -44,9 +37,11 @@ class ExportContext:
     Args:
         model_dir: the checkpoint folder.
         output_dir: the folder to write the export into (exists, holds at most a previous export).
-        config: the checkpoint's config, loaded with ``AutoConfig``.
+        config: the checkpoint's config, read once with ``AutoConfig``; exporters load models and tokenizers with it.
         run_info: the checkpoint's run record (dataset, training arguments, metrics), if it has one.
         evaluation: the evaluation results (``hf-ssl evaluate --output_file``), if any.
+        folder: the exporter's own folder, where its model card template is looked up first
+            (:func:`hf_ssl.export.model_card.write_card`).
     """
 
     model_dir: Path
@@ -54,6 +49,7 @@ class ExportContext:
     config: PretrainedConfig
     run_info: RunInfo | None
     evaluation: dict[str, Any] | None
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +64,11 @@ class Exporter:
 
     export: Callable[[ExportContext], None]
     files: tuple[str, ...]
+
+    @property
+    def folder(self) -> Path:
+        """The folder of the module that defines ``export`` (an objective's folder, inside the package or not)."""
+        return Path(inspect.getfile(self.export)).resolve().parent
 
 
 EXPORTERS: dict[str, Exporter] = {}
@@ -111,11 +112,31 @@ def export_backbone(
         config=config,
         run_info=RunInfo.load(model_dir),
         evaluation=read_json(Path(eval_file)) if eval_file is not None else None,
+        folder=exporter.folder,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     exporter.export(context)
     logger.info("exported the %s backbone of %s to %s", config.model_type, model_dir, output_dir)
     return output_dir
+
+
+def load_pretraining_model(context: ExportContext, model_class: type[PreTrainedModel]) -> PreTrainedModel:
+    """The checkpoint's whole pretraining model (``AutoModelForPreTraining`` with ``context.config``), in eval mode.
+
+    Raises:
+        UsageError: the checkpoint holds another model than ``model_class``, or lacks some of its weights (they would
+            be exported at random).
+    """
+    model, info = AutoModelForPreTraining.from_pretrained(
+        context.model_dir, config=context.config, output_loading_info=True
+    )
+    if not isinstance(model, model_class):
+        expected, got = model_class.__name__, type(model).__name__
+        raise UsageError(f"{context.model_dir}: expected a {expected} checkpoint, got {got}")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise UsageError(f"{context.model_dir}: {len(missing)} weights are missing ({', '.join(missing[:5])})")
+    return model.eval()
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path, files: tuple[str, ...]) -> None:
@@ -138,11 +159,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     return data
-
-
-def check_export(model_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """Refuse what :func:`export_backbone` would refuse, before anything is written or uploaded."""
-    _resolve(Path(model_dir), Path(output_dir))
 
 
 def _resolve(model_dir: Path, output_dir: Path) -> tuple[PretrainedConfig, Exporter]:

@@ -1,50 +1,62 @@
-"""Model cards: rendered from the templates in ``model_cards/`` with Jinja2, metadata (with ``model-index``) built by
-``huggingface_hub`` so the Hub shows the evaluation results.
+"""Model cards: rendered with Jinja2 from a template in the exporting objective's folder (``model_card.md``), which
+may import the shared blocks of ``model_cards/`` (installed as ``hf_ssl.model_cards``); metadata (with
+``model-index``) built by ``huggingface_hub`` so the Hub shows the evaluation results.
 
-Nothing here knows an objective: a card template gets the rows and metadata built from a run record
-(:class:`~hf_ssl.callbacks.RunInfo`) and evaluation results (``hf-ssl evaluate --output_file``).
+Nothing here knows an objective: :func:`write_card` fills what every card has (metadata, training rows, evaluation
+table, repository id, version) from the run record (:class:`~hf_ssl.callbacks.RunInfo`) and the evaluation results
+(``hf-ssl evaluate --output_file``); the exporter adds its own fields.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCardData
 
+from hf_ssl._version import __version__
 from hf_ssl.callbacks import RUN_INFO_FILE, RunInfo
 from hf_ssl.data.loading import EMBEDDED_DATASETS
 from hf_ssl.evaluation.report import PROTOCOLS, result_rows
+from hf_ssl.export import ExportContext
 
 REPO_ID_PLACEHOLDER = "<user>/<model-name>"
 """Stands for the repository id in a card's code snippets until :func:`hf_ssl.hub.push_folder` knows it."""
 
 
-def _load_template(name: str) -> str | None:
+def _load_shared_template(name: str) -> str | None:
     path = resources.files("hf_ssl.model_cards") / name
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FunctionLoader(_load_template),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+@functools.cache
+def _environment(folder: Path | None) -> jinja2.Environment:
+    """Templates looked up in ``folder`` first, then among the shared ones."""
+    shared = jinja2.FunctionLoader(_load_shared_template)
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(folder), shared]) if folder is not None else shared,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
 
 
-def render_model_card(template_name: str, **context: Any) -> str:
-    """Render a model card template of ``model_cards/`` (installed as ``hf_ssl.model_cards``) with Jinja2.
+def render_model_card(template_name: str, folder: str | os.PathLike | None = None, **context: Any) -> str:
+    """Render a model card template with Jinja2.
 
     Undefined variables are errors, so a template and its caller cannot silently drift apart.
 
     Args:
-        template_name: file name in ``model_cards/``, with or without ``.md`` (``"simclr"``).
+        template_name: file name, with or without ``.md`` (``"model_card"``).
+        folder: where the template is looked up first (an objective's folder); then among the shared templates of
+            ``model_cards/``.
         **context: the template's variables.
 
     Returns:
@@ -55,11 +67,64 @@ def render_model_card(template_name: str, **context: Any) -> str:
     """
     name = template_name if template_name.endswith(".md") else f"{template_name}.md"
     try:
-        template = _ENV.get_template(name)
+        template = _environment(Path(folder).resolve() if folder is not None else None).get_template(name)
     except jinja2.TemplateNotFound:
-        available = sorted(p.name for p in resources.files("hf_ssl.model_cards").iterdir() if p.name.endswith(".md"))
-        raise FileNotFoundError(f"no model card template {name!r}; available: {', '.join(available)}") from None
+        where = f"{folder} or the shared model_cards/" if folder is not None else "the shared model_cards/"
+        raise FileNotFoundError(f"no model card template {name!r} in {where}") from None
     return template.render(**context)
+
+
+def write_card(
+    context: ExportContext,
+    template: str = "model_card.md",
+    *,
+    model_name: str,
+    library_name: str,
+    pipeline_tag: str,
+    tags: list[str],
+    unit: str,
+    license: str = "apache-2.0",
+    **fields: Any,
+) -> None:
+    """Write the export's ``README.md`` from ``template`` (looked up in the exporter's folder, ``context.folder``,
+    first).
+
+    Every card gets ``metadata`` (the YAML front matter, with the evaluation as ``model-index``), ``repo_id``,
+    ``dataset_name``, ``hf_ssl_version``, ``training_rows`` and ``evaluation`` (:func:`evaluation_summary`, the
+    model's row named ``"<model_name> (this model)"``; ``None`` when not evaluated); ``fields`` add the objective's own.
+
+    Args:
+        context: the export's context (run record, evaluation, output folder).
+        template: the card template's file name.
+        model_name: the model's name in the metadata and the evaluation table.
+        library_name: the library that loads the export (``"timm"``, ``"transformers"``, ...).
+        pipeline_tag: the Hub's task of the export.
+        tags: the Hub tags.
+        unit: what one training example is called (``"images"``, ``"sentences"``, ...).
+        license: the weights' license id.
+        **fields: the template's other variables.
+    """
+    run_info, evaluation = context.run_info, context.evaluation
+    card = render_model_card(
+        template,
+        folder=context.folder,
+        metadata=card_metadata(
+            model_name=model_name,
+            library_name=library_name,
+            pipeline_tag=pipeline_tag,
+            license=license,
+            tags=tags,
+            run_info=run_info,
+            evaluation=evaluation,
+        ),
+        repo_id=REPO_ID_PLACEHOLDER,
+        dataset_name=run_info.dataset_name if run_info else None,
+        hf_ssl_version=__version__,
+        training_rows=training_rows(run_info, unit=unit),
+        evaluation=evaluation_summary(evaluation, f"{model_name} (this model)") if evaluation else None,
+        **fields,
+    )
+    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 def evaluation_summary(results: dict[str, Any], model_label: str) -> dict[str, Any]:

@@ -58,3 +58,20 @@ def save_timm_backbone(
     pretrained_cfg.update(license=license, paper_ids=paper[0], paper_name=paper[1])
     path.write_text(json.dumps(hub_config, indent=2) + "\n")
     return hub_config
+
+
+def card_fields(hub_config: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing a timm export's card states (``model_cards/timm.md``), read from its written ``config.json``.
+
+    Args:
+        hub_config: what :func:`save_timm_backbone` returned.
+    """
+    pretrained_cfg = hub_config["pretrained_cfg"]
+    return {
+        "num_channels": pretrained_cfg["input_size"][0],
+        "fixed_input_size": bool(pretrained_cfg.get("fixed_input_size")),
+        "interpolation": pretrained_cfg["interpolation"],
+        "crop_pct": pretrained_cfg["crop_pct"],
+        "image_mean": list(pretrained_cfg["mean"]),
+        "image_std": list(pretrained_cfg["std"]),
+    }

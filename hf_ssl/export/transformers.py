@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from hf_ssl.backbones.transformers import max_sequence_length
@@ -80,9 +80,14 @@ def save_transformers_model(
     return output_dir
 
 
-def load_tokenizer_if_any(folder: str | Path) -> PreTrainedTokenizerBase | None:
-    """The tokenizer saved in ``folder`` (a pretraining checkpoint), or ``None`` when it has none."""
+def load_tokenizer_if_any(folder: str | Path, config: PretrainedConfig | None = None) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved in ``folder`` (a pretraining checkpoint), or ``None`` when it has none.
+
+    Args:
+        folder: the checkpoint folder.
+        config: the checkpoint's config when the caller has read it already (else transformers reads it again).
+    """
     folder = Path(folder)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         return None
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, config=config)

@@ -1,4 +1,5 @@
-"""One folder per objective; importing this package registers every objective (Auto classes, CLI, evaluation,
-export). Adding an objective adds its name here."""
+"""One folder per objective, each registered by its own ``__init__.py``; importing this package registers them all
+(Auto classes, CLI, evaluation, export, the names :mod:`hf_ssl` re-exports). Adding an objective adds its folder
+and its name here."""
 
 from hf_ssl.models import mae, mlm, simclr, simcse, wav2vec  # noqa: F401

@@ -12,21 +12,23 @@ import pytest
 import soundfile
 import torch
 from datasets import Audio, Dataset, load_dataset
+from tiny_wav2vec import RATE, tiny_wav2vec_config, tiny_wav2vec_flags
 from transformers import Wav2Vec2FeatureExtractor
 
 from hf_ssl.data.audio import (
     DEFAULT_AUDIO_WORDS,
     BadAudioError,
-    check_audio,
     decode_audio,
     load_default_audio,
+    prepare_audio,
     resample,
 )
 from hf_ssl.errors import UsageError
-from hf_ssl.models.wav2vec import AudioCollator, Wav2VecConfig, Wav2VecForPreTraining
+from hf_ssl.models.wav2vec.collator import AudioCollator
+from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
+from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining
 
 FSDD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "audio" / "fsdd"
-RATE = 8000
 
 
 def wav_bytes(array: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> dict:
@@ -38,31 +40,6 @@ def wav_bytes(array: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | Non
 def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def tiny_config() -> Wav2VecConfig:
-    backbone = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=[16, 16, 16, 16],
-        conv_kernel=[10, 3, 3, 3],
-        conv_stride=[5, 2, 2, 2],
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    return Wav2VecConfig(
-        backbone=backbone,
-        num_codevectors_per_group=16,
-        codevector_dim=16,
-        proj_codevector_dim=16,
-        num_negatives=10,
-        mask_time_prob=0.5,
-        mask_time_length=4,
-        sampling_rate=RATE,
-        max_duration_seconds=1.0,
-    )
 
 
 def test_decode_formats_mono_and_resampling(tmp_path):
@@ -97,7 +74,7 @@ def test_decode_formats_mono_and_resampling(tmp_path):
 )
 def test_bad_clips_raise_naming_the_row(value, message):
     with pytest.raises(BadAudioError, match=message) as info:
-        decode_audio(value, RATE, where="row 7", min_samples=tiny_config().receptive_field)
+        decode_audio(value, RATE, where="row 7", min_samples=tiny_wav2vec_config().receptive_field)
     assert "row 7" in str(info.value) and isinstance(info.value, UsageError)
 
 
@@ -118,18 +95,18 @@ def _mixed_dataset() -> tuple[Dataset, set[int]]:
     return ds, {1, 3, 4, 7}
 
 
-def test_check_audio_errors_then_skips_and_training_runs(caplog):
-    config = tiny_config()
+def test_prepare_audio_errors_then_skips_and_training_runs(caplog):
+    config = tiny_wav2vec_config()
     ds, bad = _mixed_dataset()
     with pytest.raises(BadAudioError) as info:
-        check_audio(ds, "audio", RATE, min_samples=config.receptive_field)
+        prepare_audio(ds, "audio", RATE, min_samples=config.receptive_field)
     text = str(info.value)
     assert "4 of 14" in text and "rows [1, 3, 4, 7]" in text
     for reason in ("empty", "too short", "NaN", "corrupt.flac"):
         assert reason in text
     with caplog.at_level(logging.WARNING):
-        kept = check_audio(ds, "audio", RATE, min_samples=config.receptive_field, on_bad_example="skip")
-    assert len(kept) == len(ds) - len(bad)
+        kept, skipped = prepare_audio(ds, "audio", RATE, min_samples=config.receptive_field, on_bad_example="skip")
+    assert len(kept) == len(ds) - len(bad) == len(ds) - skipped
     assert "skipping 4 of 14" in caplog.text
     # the stereo and the 44.1 kHz clips are kept, converted
     assert decode_audio(kept[2]["audio"], RATE).shape == (int(0.7 * RATE),)
@@ -148,11 +125,11 @@ def test_check_audio_errors_then_skips_and_training_runs(caplog):
         optimizer.step()
         assert torch.isfinite(loss)
     with pytest.raises(UsageError, match="on_bad_example must be one of"):
-        check_audio(ds, "audio", RATE, on_bad_example="ignore")
+        prepare_audio(ds, "audio", RATE, on_bad_example="ignore")
 
 
 def test_collator_matches_the_feature_extractor():
-    config = tiny_config()
+    config = tiny_wav2vec_config()
     waves = [tone(0.5, RATE, 300) + 0.1, tone(0.3, RATE, 500) * 3, tone(0.9, RATE, 200)]
     rows = [{"audio": wav_bytes(w, RATE, "FLAC")} for w in waves]
     batch = AudioCollator(config, "audio", max_length_samples=None)(rows)
@@ -205,7 +182,7 @@ def test_real_fsdd_clips_decode_and_check():
         pytest.skip(f"real data not available: {FSDD} is absent (see ../shared/data/README.md)")
     ds = load_dataset("parquet", data_files={"test": str(FSDD / "test.parquet")}, split="test").select(range(40))
     ds = ds.cast_column("audio", Audio(decode=False))
-    checked = check_audio(ds, "audio", 16000, min_samples=Wav2VecConfig().receptive_field)
+    checked, _ = prepare_audio(ds, "audio", 16000, min_samples=Wav2VecConfig().receptive_field)
     assert len(checked) == 40
     wave = decode_audio(checked[0]["audio"], 16000)  # 8 kHz recordings, resampled
     raw, rate = soundfile.read(io.BytesIO(checked[0]["audio"]["bytes"]))
@@ -282,17 +259,11 @@ def test_audio_folder_metadata_file_adds_its_columns(tmp_path, no_torchcodec):
     assert Path(ds[0]["audio"]["path"]) == tmp_path / "clips" / "b.wav" and len(decode_audio(ds[0]["audio"], RATE))
 
 
-TINY_WAV2VEC_FLAGS = [
-    "--backbone", '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, '
-    '"conv_dim": [16, 16, 16, 16], "conv_kernel": [10, 3, 3, 3], "conv_stride": [5, 2, 2, 2], '
-    '"num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}',
-    "--sampling_rate", "8000", "--max_duration_seconds", "1", "--num_codevectors_per_group", "16",
-    "--codevector_dim", "16", "--proj_codevector_dim", "16", "--num_negatives", "10",
-    "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_strategy", "no", "--report_to", "none",
-    "--disable_tqdm", "true",
-]  # fmt: skip
+TINY_WAV2VEC_FLAGS = [*tiny_wav2vec_flags(), "--per_device_train_batch_size", "4", "--max_steps", "1",
+                      "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pretraining_on_a_folder_of_clips_names_then_skips_the_bad_ones(tmp_path, capsys, no_torchcodec):
     import json
 

@@ -13,6 +13,7 @@ import timm
 import torch
 from datasets import DatasetDict
 from safetensors.torch import save_file
+from tiny_wav2vec import TINY_BACKBONE
 from transformers import (
     BertConfig,
     BertModel,
@@ -22,7 +23,9 @@ from transformers import (
     GPT2Model,
     HubertConfig,
     HubertModel,
+    Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
 )
 
 from hf_ssl import MLMConfig, MLMForPreTraining, UsageError, Wav2VecConfig, Wav2VecForPreTraining
@@ -36,19 +39,7 @@ from hf_ssl.export.sentence_transformers import save_sentence_transformer
 from hf_ssl.models.wav2vec.export import save_backbone_export
 
 TEXT_ENCODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-# small speech encoders: a 4-layer convolutional front end (receptive field 400 samples, stride 80) and 2 layers
-SPEECH = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=[16, 16, 16, 16],
-    conv_kernel=[10, 3, 3, 3],
-    conv_stride=[5, 2, 2, 2],
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    feat_extract_norm="layer",
-)
+SPEECH = TINY_BACKBONE  # small speech encoders of any of the wav2vec 2.0 family
 FAST = ["--probe_max_iter", "20", "--knn_k", "5"]
 SLICES = ["--train_split", "train[:120]", "--split", "test[:60]"]  # of the embedded labelled texts
 
@@ -91,6 +82,7 @@ def small_images(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.mark.slow
 def test_a_timm_name_is_evaluated_at_random_init_with_timms_preprocessing_and_says_so(small_images, tmp_path):
     results = _evaluate("timm:test_resnet", tmp_path, "--dataset_name", small_images)
     _assert_sane(results, "image")
@@ -138,6 +130,7 @@ def test_a_timm_name_with_local_weights_and_a_timm_folder_give_timms_own_feature
 # ------------------------------------------------------------------------------------------------------------ text
 
 
+@pytest.mark.slow
 def test_an_exported_mlm_folder_is_evaluated(tokenizer, tmp_path):
     torch.manual_seed(0)
     model = MLMForPreTraining(
@@ -155,6 +148,7 @@ def test_an_exported_mlm_folder_is_evaluated(tokenizer, tmp_path):
         assert run[protocol]["accuracy"] == pytest.approx(results[protocol]["accuracy"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["transformers", "sentence-transformers"])
 def test_a_plain_bert_folder_and_a_sentence_transformers_folder_are_evaluated(form, tokenizer, tmp_path):
     torch.manual_seed(0)
@@ -173,6 +167,7 @@ def test_a_plain_bert_folder_and_a_sentence_transformers_folder_are_evaluated(fo
 # ----------------------------------------------------------------------------------------------------------- audio
 
 
+@pytest.mark.slow
 def test_an_exported_wav2vec_folder_is_evaluated_and_pooled_like_the_objective(tmp_path):
     torch.manual_seed(0)
     config = Wav2VecConfig(
@@ -185,17 +180,31 @@ def test_an_exported_wav2vec_folder_is_evaluated_and_pooled_like_the_objective(t
 
     # the plain-audio reader (for speech encoders no objective registered) pools as the wav2vec objective does
     model, spec = load_features(str(tmp_path / "export"))
-    assert FEATURE_SPECS["wav2vec2"] is spec and plain_audio_features(model.config) is not None
-    inputs = {"input_values": torch.randn(2, 4000), "attention_mask": torch.ones(2, 4000, dtype=torch.long)}
-    inputs["attention_mask"][1, 2500:] = 0
+    assert FEATURE_SPECS["wav2vec2"] is spec is FEATURE_SPECS["hf_ssl_wav2vec"] is plain_audio_features(model.config)
+    assert spec.pool is mean_of_frames_per_layer
+
+
+@pytest.mark.parametrize("model_class", [Wav2Vec2Model, HubertModel])
+def test_speech_features_of_padded_clips_are_the_mean_over_the_models_own_unpadded_frames(model_class):
+    torch.manual_seed(0)
+    config_class = Wav2Vec2Config if model_class is Wav2Vec2Model else HubertConfig
+    model = model_class(config_class(**SPEECH)).eval()
+    lengths = [4000, 2570, 1203, 400]  # samples; frames of a clip: floor((n - 80) / 40) + 1, e.g. 63 for 2570
+    values = torch.randn(len(lengths), max(lengths))
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    inputs = {"input_values": values * mask, "attention_mask": mask}
     with torch.no_grad():
         outputs = model(**inputs, output_hidden_states=True)
-    ours, objective = mean_of_frames_per_layer(outputs, inputs), spec.pool(outputs, inputs)
-    assert list(ours) == list(objective)
-    for layer in ours:
-        torch.testing.assert_close(ours[layer], objective[layer])
+        pooled = mean_of_frames_per_layer(outputs, inputs, model)
+    assert list(pooled) == list(range(len(outputs.hidden_states)))
+    frames = model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+    assert frames == [(n - 80) // 40 + 1 for n in lengths]  # the front end's receptive field and stride
+    for layer, states in enumerate(outputs.hidden_states):
+        for row, count in enumerate(frames):
+            torch.testing.assert_close(pooled[layer][row], states[row, :count].mean(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("config_class", "model_class"), [(HubertConfig, HubertModel), (Data2VecAudioConfig, Data2VecAudioModel)]
 )
@@ -213,6 +222,7 @@ def test_a_plain_speech_encoder_folder_is_evaluated_by_frame_means_per_layer(con
 # ----------------------------------------------------------------------------------------------------------- names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "message"),
     [

@@ -106,6 +106,7 @@ def audio_data(tmp_path_factory) -> list[str]:
     return ["--dataset_name", str(folder)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["image", "text", "audio"])
 def test_finetune_protocol_on_each_kind_of_export(modality, request, tmp_path, capsys):
     _, export = request.getfixturevalue(f"{modality}_export")
@@ -130,6 +131,7 @@ def test_finetune_protocol_on_each_kind_of_export(modality, request, tmp_path, c
     assert rows["random init"].endswith(f"{100 * scratch['accuracy']:.1f}%")
 
 
+@pytest.mark.slow
 def test_a_run_folder_fine_tunes_beside_the_frozen_protocols(image_export):
     run, _ = image_export
     flags = dict(train_split="train[:24]", split="test[:16]", finetune_steps=1, finetune_batch_size=8, knn_k=5)
@@ -142,6 +144,7 @@ def test_a_run_folder_fine_tunes_beside_the_frozen_protocols(image_export):
     assert header.index("kNN") < header.index("linear probe") < header.index("fine-tune")
 
 
+@pytest.mark.slow
 def test_a_run_folder_trains_a_copy_of_its_backbone_through_the_probes_pooling(image_export):
     run, _ = image_export
     backbone, spec = load_features(str(run))
@@ -162,6 +165,7 @@ def test_a_run_folder_trains_a_copy_of_its_backbone_through_the_probes_pooling(i
         assert torch.equal(value, original[name])  # ... as a copy: evaluation's backbone is left as it was
 
 
+@pytest.mark.slow
 def test_fine_tuning_moves_the_backbone_weights(image_export):
     _, export = image_export
     task = get_task("image")
@@ -201,6 +205,7 @@ def test_a_timm_model_by_name_is_fine_tuned_from_the_weights_evaluation_loaded()
     assert model.config.num_labels == 3 and model(torch.zeros(1, 3, 32, 32)).logits.shape == (1, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
@@ -233,6 +238,7 @@ def test_scored_sentence_pairs_are_refused_before_anything_is_loaded(tmp_path):
         evaluate(args)
 
 
+@pytest.mark.slow
 def test_an_export_and_its_run_have_the_same_random_init_baseline(image_export):
     """transformers' TimmWrapper re-initialises timm's layers its own way; the baseline is timm's own init, so the
     random-init rows of a run folder and of its export are the same network (frozen and fine-tuned)."""

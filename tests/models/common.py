@@ -148,6 +148,24 @@ class ObjectiveChecks:
             second = model(**batch).loss
         torch.testing.assert_close(first, second)
 
+    def test_every_scalar_output_is_on_the_loss_device(self):
+        """The Trainer stacks the 0-dim tensors of the output for its log, so each lives on the loss's device. The
+        forward runs on the CPU with ``meta`` as the default device: a tensor made without a device (``torch.tensor(x)``
+        where ``loss.new_tensor(x)`` is meant) lands on ``meta`` here, as it would land on the CPU beside a GPU."""
+        config = self.tiny_config()
+        model = self._model(config).train()
+        batch = self.batch(config)
+        with torch.device("meta"):
+            outputs = model(**batch)
+        device = outputs.loss.device
+        assert device.type == "cpu"
+        elsewhere = {
+            name: str(value.device)
+            for name, value in outputs.items()
+            if isinstance(value, torch.Tensor) and value.ndim == 0 and value.device != device
+        }
+        assert not elsewhere, f"scalars not on the loss's device: {elsewhere}"
+
     def test_loss_is_finite_and_decreases(self):
         config = self.tiny_config()
         model = self._model(config).train()
@@ -163,6 +181,7 @@ class ObjectiveChecks:
             losses.append(loss.item())
         assert min(losses[-2:]) < losses[0], losses
 
+    @pytest.mark.slow
     def test_export_loads_without_hf_ssl(self, tmp_path):
         if self.objective.exporter is None:
             return
@@ -177,6 +196,7 @@ class ObjectiveChecks:
         )
         assert run.returncode == 0, run.stderr[-3000:]
 
+    @pytest.mark.slow
     def test_sigkill_and_resume_gives_the_weights_of_the_uninterrupted_run(self, tmp_path):
         """A run SIGKILLed while writing checkpoint-4, resumed with ``--resume_from_checkpoint true`` (which skips
         the half-written checkpoint-4, naming it, and resumes from checkpoint-2), SIGKILLed again in the forward
@@ -221,6 +241,7 @@ class ObjectiveChecks:
         record = json.loads((killed / "hf_ssl_run.json").read_text())
         assert record["global_step"] == 8
 
+    @pytest.mark.slow
     def test_health_is_logged_quietly_and_changes_no_weight(self, tmp_path):
         """Health on (every step) logs at each step every ``health/*`` value the model's own ``health`` gives, warns
         nothing on a healthy tiny run, and ends with exactly the weights and buffers of the same run with health off

@@ -3,6 +3,9 @@ transform/collator and the reconstruction figure."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import io
 from pathlib import Path
 
@@ -12,42 +15,29 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_mae import tiny_mae_config
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
-from hf_ssl.data import UndecodableImageError
+from hf_ssl.data import ImageCollator, UndecodableImageError
 from hf_ssl.errors import UsageError
-from hf_ssl.models.mae import (
+from hf_ssl.models.mae.configuration_mae import MAEConfig
+from hf_ssl.models.mae.modeling_mae import (
     TIMM_ARCHITECTURE,
-    MAEConfig,
     MAEForPreTraining,
     MAEModel,
     load_vit_mae_state_dict,
     timm_model_args,
     to_vit_mae_state_dict,
 )
-from hf_ssl.models.mae.transforms import MAECollator, MAETransform
+from hf_ssl.models.mae.transforms import MAETransform
 from hf_ssl.models.mae.visualize import reconstruction_grid
 
 CIFAR10_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "vision" / "cifar10" / "train.parquet"
 NUM_PATCHES = 64  # (32 / 4) ** 2
 
 
-def tiny_config(**overrides) -> MAEConfig:
-    kwargs = dict(
-        image_size=32,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-    )
-    kwargs.update(overrides)
-    return MAEConfig(**kwargs)
+tiny_config = functools.partial(tiny_mae_config, decoder_num_hidden_layers=2)
 
 
 def perturb(model: torch.nn.Module, scale: float = 0.05) -> None:
@@ -79,6 +69,14 @@ def perturb(model: torch.nn.Module, scale: float = 0.05) -> None:
 def test_config_refuses_bad_values(overrides, message):
     with pytest.raises(UsageError, match=message):
         tiny_config(**overrides)
+
+
+def test_config_derives_the_patch_grid_and_the_imagenet_normalisation():
+    config = tiny_config()
+    assert (config.grid_size, config.num_patches) == (8, NUM_PATCHES)
+    assert config.image_mean == [0.485, 0.456, 0.406] and config.image_std == [0.229, 0.224, 0.225]
+    gray = tiny_config(num_channels=1)  # one channel: the mean of ImageNet's three
+    assert gray.image_mean == [0.449] and gray.image_std == [0.226]
 
 
 @pytest.mark.parametrize("mask_ratio", [0.1, 0.5, 0.6, 0.75, 0.9])
@@ -128,23 +126,9 @@ def test_patchify_round_trip_and_layout():
 
 
 def reference_of(config: MAEConfig) -> ViTMAEForPreTraining:
-    fields = (
-        "image_size",
-        "patch_size",
-        "num_channels",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "decoder_hidden_size",
-        "decoder_num_hidden_layers",
-        "decoder_num_attention_heads",
-        "decoder_intermediate_size",
-        "mask_ratio",
-        "norm_pix_loss",
-        "qkv_bias",
-        "layer_norm_eps",
-    )
+    """ViTMAE with every field our config shares with it by name (MAEConfig names its fields as ViTMAEConfig)."""
+    ours = inspect.signature(MAEConfig.__init__).parameters
+    fields = [field.name for field in dataclasses.fields(ViTMAEConfig) if field.name in ours]
     reference_config = ViTMAEConfig(**{k: getattr(config, k) for k in fields}, hidden_act="gelu")
     return ViTMAEForPreTraining(reference_config)
 
@@ -308,7 +292,7 @@ def small_images(count: int) -> list[dict]:
 
 def test_loss_goes_down_on_a_small_batch():
     config = tiny_config()
-    batch = MAECollator(MAETransform(config), "image")(small_images(32))
+    batch = ImageCollator(MAETransform(config), "image")(small_images(32))
     model = MAEForPreTraining(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     noise = torch.rand(32, NUM_PATCHES)  # the same masks every step, so only learning moves the loss
@@ -343,7 +327,7 @@ def test_transform_normalises_flips_and_crops():
 def test_collator_stacks_images_and_refuses_broken_ones():
     """Rows are never dropped in the collator (uneven batches break multi-process runs): a broken image is an error
     naming its file; prepare_images is what checks or filters a dataset before batching."""
-    collate = MAECollator(MAETransform(tiny_config()), "image")
+    collate = ImageCollator(MAETransform(tiny_config()), "image")
     batch = collate(small_images(3))
     assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (3, 3, 32, 32)
     rows = small_images(3) + [{"image": {"bytes": b"not an image", "path": "broken.png"}}]
@@ -355,13 +339,13 @@ def test_collator_draws_its_augmentations_from_the_batch_position():
     """Batch k of a run gets the same crops and flips whatever happened before (resuming is exact), different
     batches get different ones, and the global generator is left as it was."""
     rows = small_images(4)
-    collate = MAECollator(MAETransform(tiny_config()), "image")
+    collate = ImageCollator(MAETransform(tiny_config()), "image")
     collate.set_position(seed=3, rank=0, batches_done=0)
     first, second = collate(rows)["pixel_values"], collate(rows)["pixel_values"]
     assert not torch.allclose(first, second)
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    again = MAECollator(MAETransform(tiny_config()), "image")
+    again = ImageCollator(MAETransform(tiny_config()), "image")
     again.set_position(seed=3, rank=0, batches_done=1)  # resumed after one batch
     torch.testing.assert_close(again(rows)["pixel_values"], second)
     assert torch.equal(torch.random.get_rng_state(), state)

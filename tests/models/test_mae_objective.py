@@ -13,29 +13,15 @@ import torch
 from common import ObjectiveChecks
 from huggingface_hub import ModelCard
 from PIL import Image
+from tiny_mae import TINY, TINY_FLAGS
 from transformers import AutoImageProcessor, AutoModel
 
 from hf_ssl import MAEConfig, MAEForPreTraining, MAEModel, UsageError
 from hf_ssl.cli import main
-from hf_ssl.data import ImageDataArguments, load_data
+from hf_ssl.data import ImageCollator, ImageDataArguments, load_data
 from hf_ssl.evaluation.features import FEATURE_SPECS
 from hf_ssl.models.mae import MAE
 from hf_ssl.models.mae.objective import reconstruct
-from hf_ssl.models.mae.transforms import MAECollator
-
-TINY = dict(
-    image_size=32,
-    patch_size=4,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-)
-TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
 
 
 class TestMAEObjective(ObjectiveChecks):
@@ -49,15 +35,14 @@ class TestMAEObjective(ObjectiveChecks):
 
     def batch(self, config):
         generator = torch.Generator().manual_seed(0)
-        num_patches = (config.image_size // config.patch_size) ** 2
         return {
             "pixel_values": torch.randn(4, 3, 32, 32, generator=generator),
-            "noise": torch.rand(4, num_patches, generator=generator),
+            "noise": torch.rand(4, config.num_patches, generator=generator),
         }
 
 
 def test_prepare_data_checks_images_and_saves_the_encoder_preprocessing():
-    ds = load_data(None, "train").select(range(8))
+    ds = load_data("digits", "train").select(range(8))
     broken = datasets.Dataset.from_dict(
         {"image": [{"bytes": b"not an image", "path": "broken.png"}], "label": [0]}, features=ds.features
     )
@@ -65,9 +50,9 @@ def test_prepare_data_checks_images_and_saves_the_encoder_preprocessing():
     config = MAEConfig(**TINY)
     with pytest.raises(UsageError, match="broken.png"):  # refused before training, naming the file
         MAE.prepare_data(ds, config, ImageDataArguments())
-    prepared = MAE.prepare_data(ds, config, ImageDataArguments(on_bad_image="skip"))
+    prepared = MAE.prepare_data(ds, config, ImageDataArguments(on_bad_example="skip"))
     assert prepared.num_skipped == 1 and len(prepared.dataset) == 8 and prepared.columns == {"image": "image"}
-    assert isinstance(prepared.collator, MAECollator)
+    assert isinstance(prepared.collator, ImageCollator)
     batch = prepared.collator([prepared.dataset[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
     processor = prepared.processing_class
@@ -93,6 +78,7 @@ def _pretrain(tmp_path, *extra):
     return run
 
 
+@pytest.mark.slow
 def test_pretrain_evaluate_reconstruct_and_export_from_the_command_line(tmp_path, capsys):
     run = _pretrain(tmp_path)
     info = json.loads((run / "hf_ssl_run.json").read_text())
@@ -163,6 +149,7 @@ def test_pretrain_evaluate_reconstruct_and_export_from_the_command_line(tmp_path
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_reconstruct_refuses_what_it_cannot_draw(tmp_path, capsys):
     model = MAEForPreTraining(MAEConfig(**TINY))
     model.save_pretrained(tmp_path / "mae")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_text import TINY_BERT, VOCAB, tokenizer
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -21,23 +22,17 @@ from transformers import (
     RobertaConfig,
 )
 
-from hf_ssl.data.text import load_default_text, tokenize_dataset, train_tokenizer
+from hf_ssl.data.text import load_default_text, tokenize_dataset
 from hf_ssl.errors import UsageError
-from hf_ssl.models.mlm import MLMCollator, MLMConfig, MLMForPreTraining, MLMModel, save_encoder_export
+from hf_ssl.models.mlm.collator import MLMCollator
+from hf_ssl.models.mlm.configuration_mlm import MLMConfig
+from hf_ssl.models.mlm.export import save_encoder_export
+from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining, MLMModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SUPERSENSE = SHARED_DATA / "text" / "wordnet_supersense"
-VOCAB = 300
 TINY = {
-    "bert": {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 64,
-    },
+    "bert": TINY_BERT,
     "roberta": {
         "model_type": "roberta",
         "hidden_size": 32,
@@ -61,12 +56,6 @@ TINY = {
 }
 TINY["roberta-prelayernorm"] = {**TINY["roberta"], "model_type": "roberta-prelayernorm"}  # pre-LN (Xiong et al.)
 FAMILIES = list(TINY)
-
-
-@cache
-def tokenizer():
-    """A WordPiece tokenizer trained on the embedded corpus, small enough that words split into several pieces."""
-    return train_tokenizer(load_default_text("train")["text"], vocab_size=VOCAB)
 
 
 @cache
@@ -454,12 +443,14 @@ def run_without_hf_ssl(script: str, *args: str, cwd: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_export_loads_in_plain_transformers_with_our_hidden_states_and_predictions(tmp_path):
     batch = masked_batch()
     folders = []
     for family in FAMILIES:
         model = perturb(tiny_model(family)).eval()
-        folder = save_encoder_export(model, tokenizer(), tmp_path / family)
+        folder = tmp_path / family
+        save_encoder_export(model, tokenizer(), folder)
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == family and "hf_ssl" not in json.dumps(config)
@@ -520,10 +511,12 @@ _FINE_TUNE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_export_fine_tunes_with_the_plain_transformers_trainer(tmp_path):
     if not (SUPERSENSE / "train.tsv").exists():
         pytest.skip(f"real data not available: {SUPERSENSE} is absent (see ../shared/data/README.md)")
-    folder = save_encoder_export(perturb(tiny_model()), tokenizer(), tmp_path / "export")
+    folder = tmp_path / "export"
+    save_encoder_export(perturb(tiny_model()), tokenizer(), folder)
     stdout = run_without_hf_ssl(_FINE_TUNE, str(folder), str(SUPERSENSE), str(tmp_path / "run"), cwd=tmp_path)
     assert "fine-tuned" in stdout
 

@@ -16,13 +16,14 @@ from common import ObjectiveChecks
 from datasets import Dataset
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForMaskedLM
 
 from hf_ssl import MLMConfig, MLMForPreTraining, UsageError
 from hf_ssl.cli import main
 from hf_ssl.data.text import load_default_text, train_tokenizer
-from hf_ssl.models.mlm import MLM, MLMCollator, MLMDataArguments
-from hf_ssl.models.mlm.objective import prepare_data
+from hf_ssl.models.mlm.collator import MLMCollator
+from hf_ssl.models.mlm.objective import MLM, MLMDataArguments, prepare_data
+from hf_ssl.objectives import RunContext
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BERT_TOKENIZER = SHARED_DATA / "tokenizers" / "bert-base-uncased"
@@ -119,13 +120,14 @@ def test_checkpoint_settings_are_checked_before_training(tmp_path):
         prepare_data(big, MLMConfig(encoder=ENCODER), _args(max_seq_length=100))
     encoder = BertConfig(vocab_size=50, **ENCODER)
     BertForMaskedLM(encoder).save_pretrained(tmp_path / "bert")
-    config = MLM.make_config({}, str(tmp_path / "bert"))
+    run = RunContext(model_name_or_path=str(tmp_path / "bert"))
+    config = MLM.make_config({}, run.model_name_or_path)
     with pytest.raises(UsageError, match="the tokenizer has .* tokens but the checkpoint's embeddings only 50"):
-        prepare_data(big, config, _args(tokenizer_name=_saved_tokenizer(tmp_path, 100)))
+        prepare_data(big, config, _args(tokenizer_name=_saved_tokenizer(tmp_path, 100)), run)
     with pytest.raises(UsageError, match="has no tokenizer; name one with --tokenizer_name"):
-        prepare_data(big, config, _args())
+        prepare_data(big, config, _args(), run)
     with pytest.raises(UsageError, match="--train_tokenizer with --model_name_or_path"):
-        prepare_data(big, config, _args(train_tokenizer=True))
+        prepare_data(big, config, _args(train_tokenizer=True), run)
     with pytest.raises(UsageError, match="give --tokenizer_name or --train_tokenizer, not both"):
         _args(train_tokenizer=True, tokenizer_name="x")
 
@@ -136,6 +138,39 @@ def _saved_tokenizer(tmp_path: Path, vocab_size: int) -> str:
     return str(folder)
 
 
+def test_a_start_reads_the_checkpoint_config_once_per_step_and_refuses_other_objectives(tmp_path, monkeypatch):
+    """The encoder-objective base: make_config and make_model each read the checkpoint's config once; the flags change
+    the checkpoint's encoder; another objective's checkpoint is refused in one line."""
+    torch.manual_seed(0)
+    source = BertForMaskedLM(BertConfig(vocab_size=50, **ENCODER))
+    source.save_pretrained(tmp_path / "bert")
+    reads = []
+    original = AutoConfig.from_pretrained.__func__
+    monkeypatch.setattr(
+        AutoConfig, "from_pretrained", classmethod(lambda cls, *a, **k: reads.append(a[0]) or original(cls, *a, **k))
+    )
+    config = MLM.make_config({"mlm_probability": 0.2, "encoder": {"hidden_dropout_prob": 0.0}}, str(tmp_path / "bert"))
+    assert reads == [str(tmp_path / "bert")]
+    assert (
+        config.mlm_probability == 0.2 and config.encoder.hidden_dropout_prob == 0.0 and config.encoder.vocab_size == 50
+    )
+    model = MLM.make_model(config, str(tmp_path / "bert"))
+    assert len(reads) == 2
+    torch.testing.assert_close(model.lm_head.dense.weight, source.cls.predictions.transform.dense.weight)
+    monkeypatch.undo()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "hf_ssl_simcse"}))
+    with pytest.raises(
+        UsageError, match=r"is a 'hf_ssl_simcse' checkpoint, not one of mlm \('hf_ssl_mlm'\) nor a text"
+    ):
+        MLM.make_config({}, str(other))
+    with pytest.raises(UsageError, match="--encoder with --model_name_or_path must be a JSON object"):
+        MLM.make_config({"encoder": "bert-base-uncased"}, str(tmp_path / "bert"))
+
+
+@pytest.mark.slow
 def test_start_from_an_encoder_checkpoint_with_its_head_and_tokenizer(tmp_path):
     """--model_name_or_path of a plain BertForMaskedLM folder: its encoder AND head start the run (lr 0 keeps them),
     its tokenizer is used and saved, and the run's own checkpoint can be continued."""
@@ -197,6 +232,7 @@ _LOAD_EXPORT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_cli_pretrain_evaluate_export_on_the_embedded_corpus(tmp_path, capsys):
     out = tmp_path / "run"
     main(["pretrain", "mlm", *TINY_FLAGS, "--max_steps", "3", "--output_dir", str(out)])
@@ -262,6 +298,7 @@ def test_cli_pretrain_evaluate_export_on_the_embedded_corpus(tmp_path, capsys):
         assert exported[protocol]["accuracy"] == pytest.approx(results[protocol]["accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_on_a_text_file_skips_and_counts_empty_lines_with_a_trained_tokenizer(tmp_path):
     lines = list(load_default_text("train[:200]")["text"])
     lines[10:10] = ["", "   ", ""]
@@ -281,6 +318,7 @@ def test_cli_on_a_text_file_skips_and_counts_empty_lines_with_a_trained_tokenize
     )
 
 
+@pytest.mark.slow
 def test_cli_mistakes_end_as_one_line(tmp_path, capsys):
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("id,body\n1,hello there\n")
@@ -293,6 +331,7 @@ def test_cli_mistakes_end_as_one_line(tmp_path, capsys):
     assert "on_bad_example" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_names_or_skips_an_undecodable_line_of_a_text_file(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(("\n".join(load_default_text("train[:100]")["text"]) + "\n").encode() + b"caf\xe9 au lait\n")
@@ -335,6 +374,7 @@ def test_trained_tokenizer_is_the_same_every_time(kind, vocab_size):
         assert tokenizer.tokenize("##s") != ["##s"]
 
 
+@pytest.mark.slow
 def test_resume_uses_the_tokenizer_saved_in_the_checkpoint(tmp_path, monkeypatch):
     """--resume_from_checkpoint (true, then a folder) with the default trained tokenizer: the run loads the tokenizer
     saved in the checkpoint and trains none, so the checkpoint's embeddings fit its vocabulary."""

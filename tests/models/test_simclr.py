@@ -1,14 +1,18 @@
-"""SimCLR model: registration, save/load, config, small-image stem, and learning on real data."""
+"""SimCLR model: registration, save/load, config, small-image stem, augmentation, and learning on real data."""
 
+import numpy as np
 import pytest
 import torch
 from common import ObjectiveChecks
+from PIL import Image
 from safetensors.torch import load_file
+from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from hf_ssl import SimCLRConfig, SimCLRForPreTraining, SimCLRModel, UsageError
-from hf_ssl.data import ImageViewsCollator, SimCLRTransform, load_data, undecoded
+from hf_ssl.data import ImageCollator, ImageDataArguments, load_data, undecoded
 from hf_ssl.models.simclr import SIMCLR
+from hf_ssl.models.simclr.transforms import SimCLRTransform
 
 
 def test_auto_classes_know_simclr(tiny_simclr_config, tmp_path):
@@ -70,8 +74,8 @@ def test_single_channel_input():
 
 def test_loss_goes_down_on_real_images(tiny_simclr_config):
     """A few optimiser steps on a batch of the embedded digits (real scans) lower the NT-Xent loss."""
-    ds = undecoded(load_data(None, "train"), "image").select(range(64))
-    collate = ImageViewsCollator(SimCLRTransform(tiny_simclr_config), "image")
+    ds = undecoded(load_data("digits", "train"), "image").select(range(64))
+    collate = ImageCollator(SimCLRTransform(tiny_simclr_config), "image")
     batch = collate([ds[i] for i in range(len(ds))])
     model = SimCLRForPreTraining(tiny_simclr_config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -83,6 +87,16 @@ def test_loss_goes_down_on_real_images(tiny_simclr_config):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_prepare_data_converts_images_to_the_configured_channels():
+    ds = load_data("digits", "train").select(range(4))
+    for channels, mode in ((1, "L"), (3, "RGB")):
+        config = SimCLRConfig(backbone="resnet18", image_size=16, num_channels=channels)
+        prepared = SIMCLR.prepare_data(ds, config, ImageDataArguments())
+        assert isinstance(prepared.collator, ImageCollator) and prepared.collator.mode == mode
+        batch = prepared.collator([prepared.dataset[i] for i in range(4)])
+        assert batch["pixel_values"].shape == (4, 2, channels, 16, 16)
 
 
 def test_checkpoint_of_a_pretrained_start_loads_offline_and_keeps_its_provenance(tiny_simclr_config, tmp_path):
@@ -132,6 +146,27 @@ def test_batches_of_one_image_are_refused(tiny_simclr_config):
     """With one image the only candidate of each view is its partner: the loss is 0 and nothing is learned."""
     with pytest.raises(ValueError, match="B >= 2"):
         SimCLRForPreTraining(tiny_simclr_config)(torch.randn(1, 2, 3, 32, 32))
+
+
+def test_augmentation_follows_the_config():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    plain = SimCLRConfig(
+        image_size=16, crop_min_scale=1.0, hflip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0,
+        image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+    )  # fmt: skip
+    views = SimCLRTransform(plain)(image)
+    # with every random op disabled and a full-area crop (aspect ratio fixed by the square input) both views are
+    # the plain resize, equal to the deterministic evaluation transform
+    assert views.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(views[0], views[1])
+    resize = v2.Compose([v2.Resize(16, antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    torch.testing.assert_close(views[0], resize(image), atol=1e-6, rtol=0)
+    gray = SimCLRConfig(image_size=16, grayscale_prob=1.0, color_jitter_prob=0.0)
+    gray_views = SimCLRTransform(gray)(image)
+    # grayscale: the channels only differ by the per-channel normalisation
+    mean, std = torch.tensor(gray.image_mean)[:, None, None], torch.tensor(gray.image_std)[:, None, None]
+    raw = gray_views[0] * std + mean
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
 
 
 class TestSimCLRObjective(ObjectiveChecks):

@@ -9,7 +9,6 @@ import math
 import subprocess
 import sys
 import textwrap
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -17,33 +16,23 @@ import torch
 import torch.nn.functional as F
 from common import ObjectiveChecks
 from datasets import Dataset
+from tiny_text import STS_PAIRS, TINY_BERT, VOCAB, tokenizer
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, RobertaConfig
 
-from hf_ssl.data.text import load_default_text, train_tokenizer
+from hf_ssl.data.text import load_default_text
 from hf_ssl.errors import UsageError
-from hf_ssl.losses import alignment, info_nce_loss, uniformity
-from hf_ssl.models.mlm import MLMConfig, MLMForPreTraining
-from hf_ssl.models.simcse import (
-    SIMCSE,
-    SimCSECollator,
-    SimCSEConfig,
-    SimCSEDataArguments,
-    SimCSEForPreTraining,
-    SimCSEModel,
-)
+from hf_ssl.health import alignment, uniformity
+from hf_ssl.models.mlm.configuration_mlm import MLMConfig
+from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining
+from hf_ssl.models.simcse.collator import SimCSECollator
+from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
+from hf_ssl.models.simcse.loss import info_nce_loss
+from hf_ssl.models.simcse.modeling_simcse import SimCSEForPreTraining, SimCSEModel
+from hf_ssl.models.simcse.objective import SIMCSE, SimCSEDataArguments
+from hf_ssl.objectives import RunContext
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STSB = SHARED_DATA / "text" / "stsb"
-VOCAB = 300
-TINY_ENCODER = {
-    "model_type": "bert",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": VOCAB,
-    "max_position_embeddings": 64,
-}
 SENTENCES = [
     "The cat sat on the mat.",
     "A dog runs in the park.",
@@ -54,13 +43,8 @@ SENTENCES = [
 ]
 
 
-@cache
-def tokenizer():
-    return train_tokenizer(load_default_text("train")["text"], vocab_size=VOCAB)
-
-
 def tiny_config(**overrides) -> SimCSEConfig:
-    return SimCSEConfig(encoder=dict(TINY_ENCODER), **overrides)
+    return SimCSEConfig(encoder=dict(TINY_BERT), **overrides)
 
 
 def sentence_batch(sentences=SENTENCES) -> dict[str, torch.Tensor]:
@@ -78,18 +62,6 @@ def write_sts_tsv(path: Path, pairs: list[tuple[float, str, str]]) -> Path:
     return path
 
 
-STS_PAIRS = [
-    (5.0, "The cat sat on the mat.", "A cat is sitting on the mat."),
-    (0.4, "A dog runs in the park.", "Python is a programming language."),
-    (3.2, "The weather is nice today.", "Today the weather is good."),
-    (1.0, "She reads a book in the garden.", "Numbers can be added."),
-    (4.6, "A man plays the guitar.", "A man is playing a guitar."),
-    (0.0, "The sun is hot.", "Lists hold items in order."),
-    (2.5, "A woman cuts an onion.", "A woman is cooking."),
-    (4.2, "Children play football.", "Kids are playing soccer."),
-]
-
-
 class TestSimCSEObjective(ObjectiveChecks):
     objective = SIMCSE
     learning_rate = 1e-3
@@ -98,7 +70,7 @@ class TestSimCSEObjective(ObjectiveChecks):
         return tiny_config()
 
     def pretrain_flags(self):
-        encoder = {key: value for key, value in TINY_ENCODER.items() if key != "vocab_size"}
+        encoder = {key: value for key, value in TINY_BERT.items() if key != "vocab_size"}
         return ["--encoder", json.dumps(encoder), "--vocab_size", "200", "--max_seq_length", "32",
                 "--per_device_train_batch_size", "8"]  # fmt: skip
 
@@ -124,7 +96,7 @@ def test_config_defaults_round_trip_and_other_families(tmp_path):
     default = SimCSEConfig()
     assert isinstance(default.encoder, BertConfig) and default.encoder.hidden_size == 256
     assert (default.pooler_type, default.loss_temperature, default.hard_negative_weight) == ("cls", 0.05, 1.0)
-    roberta = {**TINY_ENCODER, "model_type": "roberta", "max_position_embeddings": 80, "pad_token_id": 0}
+    roberta = {**TINY_BERT, "model_type": "roberta", "max_position_embeddings": 80, "pad_token_id": 0}
     config = SimCSEConfig(encoder=roberta, pooler_type="mean", loss_temperature=0.1)
     config.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["encoder"]["model_type"] == "roberta"
@@ -239,9 +211,7 @@ def test_unsupervised_encodes_the_doubled_batch_in_one_forward_and_dropout_is_th
     with torch.no_grad():
         still = model.eval()(**batch)
     torch.testing.assert_close(still.embeddings[:, 0], still.embeddings[:, 1])  # no dropout: the same vector
-    for name in ("alignment", "uniformity"):
-        value = getattr(out, name)
-        assert value.ndim == 0 and not value.requires_grad
+    assert set(out.keys()) == {"loss", "embeddings"}  # alignment and uniformity are health's (health/alignment)
 
 
 @pytest.mark.parametrize("pooler_type", ["cls", "mean"])
@@ -332,7 +302,7 @@ def test_batches_too_small_or_misshapen_are_refused():
 
 def test_starts_from_an_mlm_checkpoint_and_from_a_plain_encoder_folder(tmp_path):
     torch.manual_seed(0)
-    mlm = MLMForPreTraining(MLMConfig(encoder=dict(TINY_ENCODER)))
+    mlm = MLMForPreTraining(MLMConfig(encoder=dict(TINY_BERT)))
     mlm.save_pretrained(tmp_path / "mlm")
     tokenizer().save_pretrained(tmp_path / "mlm")
     config = SIMCSE.make_config({"pooler_type": "mean"}, str(tmp_path / "mlm"))
@@ -342,7 +312,7 @@ def test_starts_from_an_mlm_checkpoint_and_from_a_plain_encoder_folder(tmp_path)
     for name, value in mlm.mlm.encoder.state_dict().items():
         torch.testing.assert_close(model.simcse.encoder.state_dict()[name], value, msg=name)
 
-    plain = BertModel(BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"}))
+    plain = BertModel(BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"}))
     plain.save_pretrained(tmp_path / "bert")
     model = SIMCSE.make_model(SIMCSE.make_config({}, str(tmp_path / "bert")), str(tmp_path / "bert"))
     torch.testing.assert_close(
@@ -355,21 +325,22 @@ def test_starts_from_an_mlm_checkpoint_and_from_a_plain_encoder_folder(tmp_path)
 def test_unsupervised_refuses_an_encoder_without_dropout_and_says_how_to_add_it(tmp_path):
     # an MLM pretrained without dropout: as a SimCSE start, its two views of a sentence would be the same vector
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0}
-    mlm = MLMForPreTraining(MLMConfig(encoder={**TINY_ENCODER, **no_dropout}))
+    mlm = MLMForPreTraining(MLMConfig(encoder={**TINY_BERT, **no_dropout}))
     mlm.save_pretrained(tmp_path / "mlm")
     tokenizer().save_pretrained(tmp_path / "mlm")
     rows = load_default_text("train").select(range(32))
     args = SimCSEDataArguments(max_seq_length=32)
-    config = SIMCSE.make_config({}, str(tmp_path / "mlm"))
+    run = RunContext(model_name_or_path=str(tmp_path / "mlm"))
+    config = SIMCSE.make_config({}, run.model_name_or_path)
     with pytest.raises(UsageError, match="only noise.*hidden_dropout_prob=0.0.*--encoder") as refused:
-        SIMCSE.prepare_data(rows, config, args)
+        SIMCSE.prepare_data(rows, config, args, run)
     fix = json.loads(str(refused.value).split("--encoder '")[1].split("'")[0])
     assert fix == {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
-    config = SIMCSE.make_config({"encoder": fix}, str(tmp_path / "mlm"))  # what the message says to pass
-    prepared = SIMCSE.prepare_data(rows, config, args)
+    config = SIMCSE.make_config({"encoder": fix}, run.model_name_or_path)  # what the message says to pass
+    prepared = SIMCSE.prepare_data(rows, config, args, run)
     model = SIMCSE.make_model(config, str(tmp_path / "mlm")).train()
     out = model(**prepared.collator([prepared.dataset[i] for i in range(8)]))
-    assert out.alignment > 1e-6  # the two dropout views differ
+    assert alignment(out.embeddings[:, 0].detach(), out.embeddings[:, 1].detach()) > 1e-6  # the dropout views differ
 
 
 def test_supervised_pairs_from_scored_data_keep_the_positives():
@@ -403,7 +374,7 @@ def test_pairs_from_stsb_train_scored_4_or_more():
     args = SimCSEDataArguments(
         min_positive_score=4.0, tokenizer_name=str(SHARED_DATA / "tokenizers" / "bert-base-uncased")
     )
-    prepared = SIMCSE.prepare_data(train, SimCSEConfig(encoder={**TINY_ENCODER, "vocab_size": 30522}), args)
+    prepared = SIMCSE.prepare_data(train, SimCSEConfig(encoder={**TINY_BERT, "vocab_size": 30522}), args)
     assert len(prepared.dataset) == expected > 1000
 
 
@@ -480,9 +451,10 @@ _ENCODE_WITHOUT_HF_SSL = textwrap.dedent(
 
 
 def test_training_follows_sentence_transformers_mnrl_step_for_step_when_dropout_is_off(tmp_path):
-    """Item 3 of issue 9, the part that need not be statistical: with dropout switched off (its draws are the only
-    thing the two may differ in), hf_ssl's trainer and sentence-transformers' (MultipleNegativesRankingLoss over
-    (sentence, sentence) pairs, scale 1 / tau) see the same batches, take the same steps and end at the same weights.
+    """Parity with sentence-transformers, the part that need not be statistical: with dropout switched off (its draws
+    are the only thing the two may differ in), hf_ssl's trainer and sentence-transformers' (MultipleNegativesRankingLoss
+    over (sentence, sentence) pairs, scale 1 / tau) see the same batches, take the same steps and end at the same
+    weights.
     hf_ssl encodes the doubled batch in length buckets, sentence-transformers anchors and positives apart."""
     from sentence_transformers import (
         SentenceTransformer,
@@ -496,7 +468,7 @@ def test_training_follows_sentence_transformers_mnrl_step_for_step_when_dropout_
 
     start = tmp_path / "start"
     torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_ENCODER), add_pooling_layer=False).save_pretrained(start)
+    BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).save_pretrained(start)
     tokenizer().save_pretrained(start)
     texts = [line for line in load_default_text("train")["text"] if line.strip()][:24]
 
@@ -521,7 +493,8 @@ def test_training_follows_sentence_transformers_mnrl_step_for_step_when_dropout_
                 child.p = 0.0
 
     config = SIMCSE.make_config({"pooler_type": "mean", "length_buckets": 3}, str(start))
-    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, SimCSEDataArguments(max_seq_length=16))
+    data_args = SimCSEDataArguments(max_seq_length=16)
+    prepared = SIMCSE.prepare_data(Dataset.from_dict({"text": texts}), config, data_args, RunContext(str(start)))
     ours = SIMCSE.make_model(config, str(start))
     no_dropout(ours)
     SSLTrainer(
@@ -549,8 +522,9 @@ def test_training_follows_sentence_transformers_mnrl_step_for_step_when_dropout_
     assert moved > 10  # the three steps did train
 
 
+@pytest.mark.slow
 def test_sentence_transformers_export_gives_the_same_vectors_without_hf_ssl(tmp_path):
-    """Item 2 of issue 9: SentenceTransformer(export) encodes SimCSEModel's vectors (to 1e-5), in a fresh
+    """SentenceTransformer(export) encodes SimCSEModel's vectors (to 1e-5), in a fresh
     interpreter that never imports hf_ssl; the folder is also a plain AutoModel folder."""
     from hf_ssl.export import export_backbone
 
@@ -596,6 +570,7 @@ def test_sentence_transformers_export_gives_the_same_vectors_without_hf_ssl(tmp_
                 torch.testing.assert_close(plain(**inputs).pooler_output, model.mlp(ours), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_uses_the_tokenizer_saved_in_the_checkpoint(tmp_path, monkeypatch):
     """--resume_from_checkpoint true with the default tokenizer (trained on the text): the resumed run loads the one
     saved in the checkpoint and trains none, so the checkpoint's embeddings fit its vocabulary."""
@@ -604,7 +579,7 @@ def test_resume_uses_the_tokenizer_saved_in_the_checkpoint(tmp_path, monkeypatch
     import hf_ssl.data.text
     from hf_ssl.cli import main
 
-    encoder = {key: value for key, value in TINY_ENCODER.items() if key != "vocab_size"}
+    encoder = {key: value for key, value in TINY_BERT.items() if key != "vocab_size"}
     out = tmp_path / "run"
     run = ["pretrain", "simcse", "--encoder", json.dumps(encoder), "--max_seq_length", "32"]
     run += ["--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"]

@@ -9,65 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_wav2vec import NO_DROPOUT, RATE, TINY_BACKBONE, tiny_wav2vec_config
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.trainer_callback import TrainerControl, TrainerState
 
 from hf_ssl.errors import UsageError
-from hf_ssl.losses import wav2vec_contrastive_loss
-from hf_ssl.masking import compute_span_mask, sample_negative_indices
-from hf_ssl.models.wav2vec import (
-    AudioCollator,
-    GumbelTemperatureCallback,
-    Wav2VecConfig,
-    Wav2VecForPreTraining,
-    Wav2VecModel,
-)
-
-RATE = 8000
-TINY_BACKBONE = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=[16, 16, 16, 16],
-    conv_kernel=[10, 3, 3, 3],
-    conv_stride=[5, 2, 2, 2],
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
-TINY_OBJECTIVE = dict(
-    num_codevector_groups=2,
-    num_codevectors_per_group=16,
-    codevector_dim=16,
-    proj_codevector_dim=16,
-    num_negatives=10,
-    mask_time_prob=0.5,
-    mask_time_length=4,
-    sampling_rate=RATE,
-    max_duration_seconds=1.0,
-)
-
-
-def tiny_config(**overrides) -> Wav2VecConfig:
-    backbone = dict(TINY_BACKBONE, **overrides.pop("backbone", {}))
-    return Wav2VecConfig(backbone=backbone, **dict(TINY_OBJECTIVE, **overrides))
-
-
-def no_dropout_backbone() -> dict:
-    return dict(
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        layerdrop=0.0,
-    )
-
+from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
+from hf_ssl.models.wav2vec.collator import AudioCollator
+from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
+from hf_ssl.models.wav2vec.loss import wav2vec_contrastive_loss
+from hf_ssl.models.wav2vec.masking import compute_span_mask, sample_negative_indices
+from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining, Wav2VecModel
 
 # --- config ------------------------------------------------------------------------------------------------------
 
 
 def test_config_round_trip_and_auto_classes(tmp_path):
-    config = tiny_config(diversity_loss_weight=0.3, contrastive_logits_temperature=0.2)
+    config = tiny_wav2vec_config(diversity_loss_weight=0.3, contrastive_logits_temperature=0.2)
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "hf_ssl_wav2vec" and saved["backbone"]["model_type"] == "wav2vec2"
@@ -88,7 +46,7 @@ def test_config_round_trip_and_auto_classes(tmp_path):
 def test_config_backbone_from_a_path(tmp_path):
     Wav2Vec2Config(**TINY_BACKBONE).save_pretrained(tmp_path / "plain")
     assert Wav2VecConfig(backbone=str(tmp_path / "plain")).backbone.hidden_size == 32
-    tiny_config().save_pretrained(tmp_path / "ours")  # one of our checkpoints: its backbone is taken
+    tiny_wav2vec_config().save_pretrained(tmp_path / "ours")  # one of our checkpoints: its backbone is taken
     assert Wav2VecConfig(backbone=str(tmp_path / "ours")).backbone.conv_kernel == [10, 3, 3, 3]
     with pytest.raises(UsageError, match="backbone: cannot read"):
         Wav2VecConfig(backbone=str(tmp_path / "missing"))
@@ -110,13 +68,13 @@ def test_config_backbone_from_a_path(tmp_path):
 )
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(UsageError, match=message):
-        tiny_config(**{field: value})
+        tiny_wav2vec_config(**{field: value})
 
 
 def test_receptive_field():
     assert Wav2VecConfig().receptive_field == 400 and Wav2VecConfig().frame_stride == 320  # 25 ms, 20 ms at 16 kHz
-    assert tiny_config().receptive_field == 1 + 9 + 2 * 5 + 2 * 10 + 2 * 20  # 1 + sum (k_i - 1) * prod s_<i
-    assert tiny_config().frame_stride == 40  # 5 ms frames at 8 kHz
+    assert tiny_wav2vec_config().receptive_field == 1 + 9 + 2 * 5 + 2 * 10 + 2 * 20  # 1 + sum (k_i - 1) * prod s_<i
+    assert tiny_wav2vec_config().frame_stride == 40  # 5 ms frames at 8 kHz
 
 
 # --- masks and negatives -------------------------------------------------------------------------------------------
@@ -162,7 +120,7 @@ def test_negatives_are_other_masked_frames_of_the_same_utterance():
 
 
 def test_model_draws_masks_from_the_attention_mask():
-    config = tiny_config()
+    config = tiny_wav2vec_config()
     model = Wav2VecForPreTraining(config).train()
     x = torch.randn(2, RATE)
     attention_mask = torch.ones(2, RATE, dtype=torch.long)
@@ -208,7 +166,7 @@ def _masks(model, batch: int, samples: int, attention_mask=None):
 def test_parity_with_transformers_eval_mode():
     """Same weights, masks and negatives; eval mode, where both quantizers take the argmax codes (no noise)."""
     torch.manual_seed(3)
-    config = tiny_config(num_negatives=12, feature_penalty_weight=0.0)
+    config = tiny_wav2vec_config(num_negatives=12, feature_penalty_weight=0.0)
     ours, reference = _reference_pair(config)
     ours.eval(), reference.eval()
     x = torch.randn(3, RATE)
@@ -232,8 +190,8 @@ def test_parity_with_transformers_train_mode_same_gumbel_noise():
     """Training mode: no dropout, and the same seed before each forward, so both quantizers draw the same Gumbel
     noise (ours draws it over the same elements in the same order as ``torch.nn.functional.gumbel_softmax``)."""
     torch.manual_seed(4)
-    config = tiny_config(
-        backbone=no_dropout_backbone(), num_codevectors_per_group=64, num_negatives=8, feature_penalty_weight=0.0
+    config = tiny_wav2vec_config(
+        backbone=NO_DROPOUT, num_codevectors_per_group=64, num_negatives=8, feature_penalty_weight=0.0
     )
     ours, reference = _reference_pair(config)
     ours.train(), reference.train()
@@ -270,7 +228,7 @@ def test_contrastive_loss_drops_negatives_equal_to_the_positive():
 
 
 def test_loss_adds_weighted_diversity_and_feature_penalty():
-    config = tiny_config(diversity_loss_weight=0.25, feature_penalty_weight=3.0)
+    config = tiny_wav2vec_config(diversity_loss_weight=0.25, feature_penalty_weight=3.0)
     model = Wav2VecForPreTraining(config).eval()
     x = torch.randn(2, RATE)
     with torch.no_grad():
@@ -284,7 +242,7 @@ def test_loss_adds_weighted_diversity_and_feature_penalty():
 
 
 def test_given_negatives_must_stay_in_their_utterance():
-    model = Wav2VecForPreTraining(tiny_config()).eval()
+    model = Wav2VecForPreTraining(tiny_wav2vec_config()).eval()
     mask, negatives = _masks(model, 2, RATE)
     negatives[0, 0, 0] = mask.shape[1]  # frame 0 of utterance 1, offered to utterance 0
     with pytest.raises(ValueError, match="same utterance"):
@@ -295,7 +253,7 @@ def test_given_negatives_must_stay_in_their_utterance():
 
 
 def test_every_parameter_gets_a_gradient():
-    model = Wav2VecForPreTraining(tiny_config(feat_quantizer_dropout=0.1)).train()
+    model = Wav2VecForPreTraining(tiny_wav2vec_config(feat_quantizer_dropout=0.1)).train()
     out = model(torch.randn(2, RATE))
     out.loss.backward()
     for name, parameter in model.named_parameters():
@@ -307,7 +265,7 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = Wav2VecForPreTraining(tiny_config()).eval()
+    model = Wav2VecForPreTraining(tiny_wav2vec_config()).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.01)
@@ -351,7 +309,7 @@ def test_loss_decreases_below_chance(source):
     temperature annealed by the callback, take the contrastive loss below chance, ``ln(K + 1)`` (where it lands by
     merely flattening its initial logits), and the accuracy above ``1 / (K + 1)``, without codebook collapse."""
     torch.manual_seed(0)
-    config = tiny_config()
+    config = tiny_wav2vec_config(backbone={"feat_extract_norm": "group"})  # the front end of wav2vec 2.0 BASE
     rows = _audio_rows(source)
     collate = AudioCollator(config, "audio", max_length_samples=RATE)
     model = Wav2VecForPreTraining(config).train()
@@ -376,7 +334,7 @@ def test_loss_decreases_below_chance(source):
 
 def test_perplexity_gradient_is_finite_when_an_entry_is_unused():
     """A codebook entry no frame uses (its softmax underflows to 0) must not turn the diversity gradient into NaN."""
-    from hf_ssl.losses import codevector_perplexity
+    from hf_ssl.models.wav2vec.loss import codevector_perplexity
 
     logits = torch.tensor([[[-200.0, 0.0, 0.0]], [[-200.0, 1.0, 0.0]]], requires_grad=True)  # (N=2, G=1, V=3)
     codevector_perplexity(logits.softmax(-1)).backward()
@@ -387,7 +345,7 @@ def test_perplexity_gradient_is_finite_when_an_entry_is_unused():
 
 
 def test_gumbel_callback_anneals_and_floors():
-    config = tiny_config(max_gumbel_temperature=2.0, min_gumbel_temperature=0.5, gumbel_temperature_decay=0.9)
+    config = tiny_wav2vec_config(max_gumbel_temperature=2.0, min_gumbel_temperature=0.5, gumbel_temperature_decay=0.9)
     model = Wav2VecForPreTraining(config)
     callback = GumbelTemperatureCallback()
     state = TrainerState()

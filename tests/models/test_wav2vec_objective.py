@@ -17,53 +17,22 @@ import soundfile
 import torch
 from common import ObjectiveChecks
 from huggingface_hub import ModelCard
+from tiny_wav2vec import NO_DROPOUT, RATE, TINY_BACKBONE, tiny_wav2vec_config, tiny_wav2vec_flags
 from transformers import AutoConfig, Wav2Vec2Model
 
 from hf_ssl import UsageError, Wav2VecConfig, Wav2VecForPreTraining
 from hf_ssl.cli import main
 from hf_ssl.data import AudioDataArguments, load_default_audio
-from hf_ssl.evaluation.features import FEATURE_SPECS
-from hf_ssl.masking import compute_span_mask, sample_negative_indices
 from hf_ssl.models.wav2vec import WAV2VEC
-from hf_ssl.models.wav2vec.objective import frame_mask, layer_means
+from hf_ssl.models.wav2vec.masking import compute_span_mask, sample_negative_indices
 
-RATE = 8000
-TINY_BACKBONE = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=[16, 16, 16, 16],
-    conv_kernel=[10, 3, 3, 3],
-    conv_stride=[5, 2, 2, 2],
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    feat_extract_norm="layer",
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-    feat_proj_dropout=0.0,
-    layerdrop=0.0,
-)
-TINY = dict(
-    num_codevectors_per_group=16,
-    codevector_dim=16,
-    proj_codevector_dim=16,
-    num_negatives=10,
-    mask_time_prob=0.5,
-    mask_time_length=4,
-    sampling_rate=RATE,
-    max_duration_seconds=1.0,
-)
-TINY_FLAGS = ["--backbone", json.dumps(TINY_BACKBONE)] + [
-    arg for key, value in TINY.items() for arg in (f"--{key}", str(value))
-]
+TINY_FLAGS = tiny_wav2vec_flags(NO_DROPOUT)
 RUN_FLAGS = ["--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
              "--report_to", "none"]  # fmt: skip
 
 
 def tiny_config(**overrides) -> Wav2VecConfig:
-    return Wav2VecConfig(backbone=TINY_BACKBONE, **{**TINY, **overrides})
+    return tiny_wav2vec_config(NO_DROPOUT, **overrides)
 
 
 class TestWav2VecObjective(ObjectiveChecks):
@@ -92,6 +61,7 @@ class TestWav2VecObjective(ObjectiveChecks):
             "sampled_negative_indices": negatives,
         }
 
+    @pytest.mark.slow
     def test_export_loads_without_hf_ssl(self, tmp_path):
         """The shared check, extended: in an interpreter that never imports hf_ssl, the export is a plain
         ``Wav2Vec2Model`` giving the checkpoint's outputs, starts ``AutoModelForAudioClassification``, and carries
@@ -176,38 +146,7 @@ def test_prepare_data_streams_filter_and_raw_arrays():
     assert batch["attention_mask"].sum(-1).tolist() == [RATE, RATE // 2]
 
 
-def test_frame_mask_is_within_one_frame_of_the_backbone():
-    model = Wav2VecForPreTraining(tiny_config())
-    samples = 8000
-    frames = int(model._get_feat_extract_output_lengths(samples))
-    lengths = torch.cat([torch.arange(400, samples, 37), torch.tensor([samples])])
-    mask = torch.zeros(len(lengths), samples, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    approx = frame_mask(mask, frames, len(lengths)).sum(-1)
-    exact = model._get_feat_extract_output_lengths(lengths).float()
-    assert (approx - exact).abs().max() <= 1
-    assert approx[-1] == frames
-
-
-def test_layer_means_ignore_padding_and_cover_every_layer():
-    torch.manual_seed(0)
-    model = Wav2VecForPreTraining(tiny_config()).wav2vec.eval()
-    model.config.output_hidden_states = True
-    short, long = torch.randn(1, 4800), torch.randn(1, 8000)
-    batch = torch.zeros(2, 8000)
-    batch[0, :4800], batch[1] = short[0], long[0]
-    mask = torch.ones(2, 8000, dtype=torch.long)
-    mask[0, 4800:] = 0
-    with torch.no_grad():
-        padded = layer_means(model(batch, attention_mask=mask), {"input_values": batch, "attention_mask": mask})
-        alone = layer_means(model(short), {"input_values": short})
-    assert list(padded) == ["layer_0", "layer_1", "layer_2"]
-    for name in padded:  # the short clip's features do not see the padding
-        torch.testing.assert_close(padded[name][0], alone[name][0], rtol=1e-4, atol=1e-4)
-    assert FEATURE_SPECS["hf_ssl_wav2vec"].pool is layer_means and FEATURE_SPECS["wav2vec2"].pool is layer_means
-
-
+@pytest.mark.slow
 def test_cli_pretrain_evaluate_export_and_start_from_the_export(tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "export"
     main(["pretrain", "wav2vec", *TINY_FLAGS, *RUN_FLAGS, "--max_steps", "3", "--logging_steps", "1",
@@ -260,6 +199,7 @@ def test_cli_pretrain_evaluate_export_and_start_from_the_export(tmp_path, capsys
         WAV2VEC.make_config({"backbone": TINY_BACKBONE}, str(out))
 
 
+@pytest.mark.slow
 def test_cli_bad_clips_error_in_one_line_or_are_skipped_and_counted(tmp_path, capsys):
     good = np.sin(np.linspace(0, 400, 8000)).astype(np.float32)
     rows = [_wav(good * (0.2 + 0.05 * i)) for i in range(9)]

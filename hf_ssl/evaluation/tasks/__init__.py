@@ -1,11 +1,33 @@
-"""Evaluation tasks per data kind: how a checkpoint's inputs are made from raw rows, and the task's own baselines.
+"""Evaluation tasks, registered by ``(name, data kind)`` as objectives are: classification of every data kind (how a
+checkpoint's inputs are made from raw rows, and the kind's baselines) and STS (scored sentence pairs).
 
-A task is chosen by the modality of the checkpoint's :class:`~hf_ssl.evaluation.features.FeatureSpec`; each module
-here registers one.
+``hf-ssl evaluate --task <name>`` runs the task of that name for the data kind of the checkpoint's
+:class:`~hf_ssl.evaluation.features.FeatureSpec`; each module here registers one.
 """
 
-# each registers its task: audio, image and text classification, STS (sentence pairs with a similarity score)
 from hf_ssl.evaluation.tasks import audio_classification, image_classification, sts, text_classification  # noqa: F401
-from hf_ssl.evaluation.tasks.base import ClassificationTask, FeatureCollator, Preprocessor, get_task, register_task
+from hf_ssl.evaluation.tasks.base import (
+    CLASSIFICATION,
+    TASKS,
+    Checkpoint,
+    FeatureCollator,
+    Preprocessor,
+    Task,
+    choose_task,
+    get_task,
+    register_task,
+)
+from hf_ssl.evaluation.tasks.classification import ClassificationTask
 
-__all__ = ["ClassificationTask", "FeatureCollator", "Preprocessor", "get_task", "register_task"]
+__all__ = [
+    "CLASSIFICATION",
+    "TASKS",
+    "Checkpoint",
+    "ClassificationTask",
+    "FeatureCollator",
+    "Preprocessor",
+    "Task",
+    "choose_task",
+    "get_task",
+    "register_task",
+]

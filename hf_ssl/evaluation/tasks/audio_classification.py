@@ -15,7 +15,8 @@ from transformers.audio_utils import mel_filter_bank
 
 from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, clip_seconds, decode_audio, load_default_audio, undecoded_audio
 from hf_ssl.errors import UsageError
-from hf_ssl.evaluation.tasks.base import ClassificationTask, Preprocessor, register_task
+from hf_ssl.evaluation.tasks.base import Preprocessor, register_task
+from hf_ssl.evaluation.tasks.classification import ClassificationTask
 
 logger = logging.getLogger(__name__)
 
@@ -169,11 +170,8 @@ def _prepare(ds: Dataset, column: str) -> Dataset:
     return ds.select(np.argsort(durations, kind="stable").tolist())
 
 
-AUDIO_CLASSIFICATION = ClassificationTask(
-    modality="audio",
-    preprocessor=audio_preprocessor,
-    prepare=_prepare,
-    baselines=_baselines,
-    default_dataset=(DEFAULT_AUDIO_DATASET, load_default_audio),
+AUDIO_CLASSIFICATION = register_task(
+    ClassificationTask(
+        "audio", audio_preprocessor, _prepare, _baselines, default_dataset=(DEFAULT_AUDIO_DATASET, load_default_audio)
+    )
 )
-register_task(AUDIO_CLASSIFICATION)

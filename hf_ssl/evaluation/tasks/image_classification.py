@@ -11,10 +11,11 @@ from datasets import Dataset
 from transformers import PretrainedConfig
 
 from hf_ssl.backbones.timm import eval_transform
-from hf_ssl.data.images import to_pil, undecoded
+from hf_ssl.data.images import pil_mode, to_pil, undecoded
 from hf_ssl.data.loading import DEFAULT_DATASET, load_digits_dataset
 from hf_ssl.errors import UsageError
-from hf_ssl.evaluation.tasks.base import ClassificationTask, Preprocessor, register_task
+from hf_ssl.evaluation.tasks.base import Preprocessor, register_task
+from hf_ssl.evaluation.tasks.classification import ClassificationTask
 
 
 def image_data_config(config: PretrainedConfig) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def image_preprocessor(model_name_or_path: str, config: PretrainedConfig) -> Pre
     """Images -> ``{"pixel_values": (B, C, H, W)}`` with the checkpoint's deterministic transform."""
     data_config = image_data_config(config)
     transform = eval_transform(data_config)
-    mode = "L" if data_config["input_size"][0] == 1 else "RGB"
+    mode = pil_mode(data_config["input_size"][0])
 
     def preprocess(values: list[Any]) -> dict[str, torch.Tensor]:
         return {"pixel_values": torch.stack([transform(to_pil(value, mode)) for value in values])}
@@ -56,11 +57,12 @@ def _prepare(ds: Dataset, column: str) -> Dataset:
     return undecoded(ds, column)
 
 
-IMAGE_CLASSIFICATION = ClassificationTask(
-    modality="image",
-    preprocessor=image_preprocessor,
-    prepare=_prepare,
-    baselines=lambda config: {"raw_pixels": raw_pixels},
-    default_dataset=(DEFAULT_DATASET, load_digits_dataset),
+IMAGE_CLASSIFICATION = register_task(
+    ClassificationTask(
+        modality="image",
+        preprocessor=image_preprocessor,
+        prepare=_prepare,
+        baselines=lambda config: {"raw_pixels": raw_pixels},
+        default_dataset=(DEFAULT_DATASET, load_digits_dataset),
+    )
 )
-register_task(IMAGE_CLASSIFICATION)

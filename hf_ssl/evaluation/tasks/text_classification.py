@@ -23,7 +23,8 @@ from hf_ssl.data.text import (
     load_tokenizer,
 )
 from hf_ssl.errors import UsageError
-from hf_ssl.evaluation.tasks.base import ClassificationTask, FittedBaseline, Preprocessor, register_task
+from hf_ssl.evaluation.tasks.base import Preprocessor, register_task
+from hf_ssl.evaluation.tasks.classification import ClassificationTask, FittedBaseline
 
 MAX_LENGTH_CAP = 512
 """Texts are truncated to what the encoder reads, at most this (see :func:`text_max_length`)."""
@@ -123,11 +124,12 @@ def sort_by_length(ds: Dataset, column: str) -> Dataset:
     return lengths.sort("_length").remove_columns("_length")
 
 
-TEXT_CLASSIFICATION = ClassificationTask(
-    modality="text",
-    preprocessor=text_preprocessor,
-    prepare=sort_by_length,
-    fitted_baselines=_fitted_baselines,
-    default_dataset=(DEFAULT_TEXT_CLASSIFICATION_DATASET, load_default_text_classification),
+TEXT_CLASSIFICATION = register_task(
+    ClassificationTask(
+        modality="text",
+        preprocessor=text_preprocessor,
+        prepare=sort_by_length,
+        fitted_baselines=_fitted_baselines,
+        default_dataset=(DEFAULT_TEXT_CLASSIFICATION_DATASET, load_default_text_classification),
+    )
 )
-register_task(TEXT_CLASSIFICATION)

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from hf_ssl.backbones.timm import data_config
+from hf_ssl.backbones.timm import data_config, default_normalization
 from hf_ssl.errors import UsageError, check_range
 
 _POSITIVE_INTS = (
@@ -92,12 +92,9 @@ class MAEConfig(PretrainedConfig):
         self.decoder_intermediate_size = decoder_intermediate_size
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = bool(norm_pix_loss)
-        if image_mean is None:
-            image_mean = [0.485, 0.456, 0.406] if num_channels == 3 else [0.449] * num_channels
-        if image_std is None:
-            image_std = [0.229, 0.224, 0.225] if num_channels == 3 else [0.226] * num_channels
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+        default_mean, default_std = default_normalization(num_channels)
+        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else default_mean)]
+        self.image_std = [float(v) for v in (image_std if image_std is not None else default_std)]
         self.qkv_bias = bool(qkv_bias)
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
@@ -105,6 +102,16 @@ class MAEConfig(PretrainedConfig):
         self.hflip_prob = hflip_prob
         self._validate()
         super().__init__(**kwargs)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along each side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image, ``L`` in the model's shapes."""
+        return self.grid_size**2
 
     @property
     def data_config(self) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from transformers.utils import ModelOutput
 
 from hf_ssl.health import HealthOutput
 from hf_ssl.losses import mean_over_items
-from hf_ssl.masking import num_visible_patches, random_patch_masking
 from hf_ssl.models.mae.configuration_mae import MAEConfig
+from hf_ssl.models.mae.masking import num_visible_patches, random_patch_masking
 
 # Every structural argument is passed explicitly (timm_model_args), so the name only selects timm's
 # VisionTransformer class; the preprocessing it carries is replaced by timm_pretrained_cfg(config).
@@ -155,7 +155,7 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, config: MAEConfig):
         super().__init__()
-        dim, grid = config.decoder_hidden_size, config.image_size // config.patch_size
+        dim, grid = config.decoder_hidden_size, config.grid_size
         self.embed = nn.Linear(config.hidden_size, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(sincos_2d_position_embedding(grid, dim).unsqueeze(0), requires_grad=False)
@@ -214,7 +214,7 @@ class MAEPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers' init functions skip tensors already loaded from a checkpoint
-        grid = self.config.image_size // self.config.patch_size
+        grid = self.config.grid_size
         if isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
@@ -331,8 +331,8 @@ class MAEForPreTraining(MAEPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keep ``round((1 - mask_ratio) * L)`` tokens per sample: those with the smallest ``noise``.
 
-        See :func:`hf_ssl.masking.random_patch_masking` (and :func:`~hf_ssl.masking.num_visible_patches` for how
-        this rounding differs from ViTMAE's ``int()``).
+        See :func:`~hf_ssl.models.mae.masking.random_patch_masking` (and
+        :func:`~hf_ssl.models.mae.masking.num_visible_patches` for how this rounding differs from ViTMAE's ``int()``).
 
         Args:
             x: ``(B, L, D)`` patch tokens.
@@ -395,7 +395,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
 
     def num_items(self, batch: dict[str, Any]) -> int:
         """The patches this batch reconstructs: the same number in every image."""
-        num_patches = (self.config.image_size // self.config.patch_size) ** 2
+        num_patches = self.config.num_patches
         masked = num_patches - num_visible_patches(num_patches, self.config.mask_ratio)
         return batch["pixel_values"].shape[0] * masked
 

@@ -12,29 +12,22 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForPreTraining
 
-from hf_ssl._version import __version__
 from hf_ssl.backbones import load_backbone
 from hf_ssl.backbones.timm import image_processor
-from hf_ssl.data import ImageDataArguments, find_column, load_data, prepare_images, undecoded
+from hf_ssl.data import ImageCollator, ImageDataArguments, find_column, load_data, pil_mode, prepare_images, undecoded
 from hf_ssl.data.loading import DEFAULT_DATASET, load_digits_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.export import ExportContext, Exporter
-from hf_ssl.export.model_card import (
-    REPO_ID_PLACEHOLDER,
-    card_metadata,
-    evaluation_summary,
-    render_model_card,
-    training_rows,
-)
-from hf_ssl.export.timm import TIMM_FILES, save_timm_backbone
+from hf_ssl.export.model_card import write_card
+from hf_ssl.export.timm import TIMM_FILES, card_fields, save_timm_backbone
 from hf_ssl.models.mae.callbacks import ReconstructionImagesCallback
 from hf_ssl.models.mae.configuration_mae import MAEConfig
 from hf_ssl.models.mae.modeling_mae import TIMM_ARCHITECTURE, MAEForPreTraining, MAEModel, timm_model_args
 from hf_ssl.models.mae.report import report_pictures
-from hf_ssl.models.mae.transforms import MAECollator, MAETransform
+from hf_ssl.models.mae.transforms import MAETransform
 from hf_ssl.models.mae.visualize import masking_noise, pixel_batch, reconstruction_grid
-from hf_ssl.objectives import Objective, PreparedData
+from hf_ssl.objectives import NEW_MODEL, Objective, PreparedData, RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +40,16 @@ FEATURES = (
 )
 
 
-def _mode(config: MAEConfig) -> str:
-    return "L" if config.num_channels == 1 else "RGB"
-
-
-def prepare_data(ds: Dataset | IterableDataset, config: MAEConfig, args: ImageDataArguments) -> PreparedData:
+def prepare_data(
+    ds: Dataset | IterableDataset, config: MAEConfig, args: ImageDataArguments, run: RunContext = NEW_MODEL
+) -> PreparedData:
     """Images checked (or filtered when streamed) before training; cropped and flipped in the collator, seeded per
     batch; the encoder's evaluation preprocessing saved as the image processor."""
     column = find_column(ds, "image", args.image_column)
-    ds, skipped = prepare_images(ds, column, args.on_bad_image)
+    ds, skipped = prepare_images(ds, column, args.on_bad_example)
     return PreparedData(
         dataset=ds,
-        collator=MAECollator(MAETransform(config), column, mode=_mode(config)),
+        collator=ImageCollator(MAETransform(config), column, mode=pil_mode(config.num_channels)),
         columns={"image": column},
         num_skipped=skipped,
         processing_class=image_processor(config.data_config),
@@ -83,12 +74,11 @@ def reconstruction_metrics(model: Any, test: Dataset, column: str, preprocess: A
     full = full.to(device=parameter.device, dtype=parameter.dtype).eval()
     count = min(len(test), RECONSTRUCTION_IMAGES)
     generator = torch.Generator().manual_seed(0)
-    num_patches = (full.config.image_size // full.config.patch_size) ** 2
     total, batch_size = 0.0, 256
     for start in range(0, count, batch_size):
         values = test[start : min(start + batch_size, count)][column]
         pixel_values = preprocess(values)["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
-        noise = torch.rand(len(values), num_patches, generator=generator).to(parameter.device)
+        noise = torch.rand(len(values), full.config.num_patches, generator=generator).to(parameter.device)
         total += full(pixel_values, noise=noise).loss.item() * len(values)
     return {
         "reconstruction": {
@@ -113,48 +103,32 @@ def export(context: ExportContext) -> None:
         model_args = timm_model_args(config)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    model = load_backbone(context.model_dir)
+    model = load_backbone(context.model_dir, config=config)
     if not isinstance(model, MAEModel):
         raise TypeError(f"expected AutoModel to build an MAEModel from {context.model_dir}, got {type(model)}")
     encoder = model.encoder.eval()
     license_id = "apache-2.0"
     hub_config = save_timm_backbone(encoder, context.output_dir, model_args, config.data_config, license_id, PAPER)
-    pretrained_cfg = hub_config["pretrained_cfg"]
     exported_args = hub_config.get("model_args", {})
     call_args = "".join(f", {key}={value!r}" for key, value in exported_args.items())
     label = f"MAE ViT ({config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size})"
-    evaluation = context.evaluation
-    card = render_model_card(
-        "mae.md",
-        metadata=card_metadata(
-            model_name=label,
-            library_name="timm",
-            pipeline_tag="image-feature-extraction",
-            license=license_id,
-            tags=["hf_ssl", "self-supervised", "mae", "masked-image-modeling", "image-feature-extraction", "timm"],
-            run_info=context.run_info,
-            evaluation=evaluation,
-        ),
-        repo_id=REPO_ID_PLACEHOLDER,
-        dataset_name=context.run_info.dataset_name if context.run_info else None,
-        hf_ssl_version=__version__,
+    write_card(
+        context,
+        model_name=label,
+        library_name="timm",
+        pipeline_tag="image-feature-extraction",
+        license=license_id,
+        tags=["hf_ssl", "self-supervised", "mae", "masked-image-modeling", "image-feature-extraction", "timm"],
+        unit="images",
         label=label,
         backbone_call=f"timm.create_model({TIMM_ARCHITECTURE!r}{call_args})",
         num_features=encoder.num_features,
-        num_patches=(config.image_size // config.patch_size) ** 2,
-        num_channels=pretrained_cfg["input_size"][0],
+        num_patches=config.num_patches,
         image_size=config.image_size,
-        fixed_input_size=bool(pretrained_cfg.get("fixed_input_size")),
-        interpolation=pretrained_cfg["interpolation"],
-        crop_pct=pretrained_cfg["crop_pct"],
-        image_mean=list(pretrained_cfg["mean"]),
-        image_std=list(pretrained_cfg["std"]),
+        **card_fields(hub_config),
         config=config,
-        training_rows=training_rows(context.run_info, unit="images"),
-        evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,
-        reconstruction=(evaluation or {}).get("reconstruction"),
+        reconstruction=(context.evaluation or {}).get("reconstruction"),
     )
-    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 # --- hf-ssl reconstruct ------------------------------------------------------------------------------------------
@@ -256,6 +230,7 @@ MAE = Objective(
     name="mae",
     config_class=MAEConfig,
     model_class=MAEForPreTraining,
+    base_model_class=MAEModel,
     modality="image",
     data_arguments=ImageDataArguments,
     prepare_data=prepare_data,

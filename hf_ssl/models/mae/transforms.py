@@ -1,4 +1,4 @@
-"""MAE pretraining augmentation and collator (He et al., 2021, arXiv:2111.06377, appendix A.1).
+"""MAE pretraining augmentation (He et al., 2021, arXiv:2111.06377, appendix A.1).
 
 The paper pretrains with a random resized crop (scale 0.2-1, bicubic) and a horizontal flip only; masking is the
 rest of the augmentation.
@@ -6,16 +6,11 @@ rest of the augmentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from hf_ssl.data.collators import SeededCollator
-from hf_ssl.data.images import to_pil
 from hf_ssl.models.mae.configuration_mae import MAEConfig
 
 
@@ -28,7 +23,7 @@ class MAETransform:
     handling costs about as much as the op on CIFAR-sized images).
 
     Args:
-        config: an :class:`~hf_ssl.models.mae.MAEConfig` (``image_size``, ``crop_min_scale``, ``hflip_prob``,
+        config: an :class:`~hf_ssl.MAEConfig` (``image_size``, ``crop_min_scale``, ``hflip_prob``,
             ``image_mean``, ``image_std``).
     """
 
@@ -49,33 +44,3 @@ class MAETransform:
             image = self.flip.transform(image, self.flip.make_params([image]))
         pixels = F.to_image(image).as_subclass(torch.Tensor)  # (C, H, W) uint8
         return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), self.mean, self.std)
-
-
-class MAECollator(SeededCollator):
-    """Rows with an image column -> ``{"pixel_values": (B, C, H, W)}``, decoded and augmented in the worker.
-
-    Augmentations are drawn inside :meth:`~hf_ssl.data.collators.SeededCollator.batch_rng`, so batch ``k`` of a run
-    gets the same crops and flips whatever worker builds it, and a resumed run repeats the uninterrupted one.
-    Every row must decode (:func:`~hf_ssl.data.images.prepare_images` checks a dataset, or filters a streamed one,
-    before batching): a collator that dropped rows would give processes batches of different sizes, so an
-    undecodable image here is an error naming its file.
-
-    Args:
-        transform: PIL image -> ``(C, H, W)`` tensor, e.g. :class:`MAETransform`.
-        image_column: the column holding the images.
-        mode: PIL mode the images are converted to (``"RGB"``, or ``"L"`` for one channel).
-
-    Raises:
-        UndecodableImageError: (when called) a row whose image cannot be decoded.
-    """
-
-    def __init__(self, transform: Callable[[Any], torch.Tensor], image_column: str, mode: str = "RGB"):
-        self.transform, self.image_column, self.mode = transform, image_column, mode
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        with self.batch_rng():
-            images = [
-                self.transform(to_pil(row[self.image_column], self.mode, where=f"row {i} of a batch"))
-                for i, row in enumerate(rows)
-            ]
-        return {"pixel_values": torch.stack(images)}  # (B, C, H, W)

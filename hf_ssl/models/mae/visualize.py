@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from hf_ssl.backbones.timm import eval_transform
-from hf_ssl.data import to_pil
+from hf_ssl.data import pil_mode, to_pil
 from hf_ssl.models.mae.configuration_mae import MAEConfig
 from hf_ssl.models.mae.modeling_mae import MAEForPreTraining
 
@@ -18,14 +18,13 @@ def pixel_batch(config: MAEConfig, values: Sequence[Any]) -> torch.Tensor:
     """``(B, C, H, W)`` images as the checkpoint's evaluation preprocessing makes them (resize, centre crop,
     normalise), from raw dataset values (PIL images, ``{"bytes", "path"}`` dicts, paths, arrays)."""
     transform = eval_transform(config.data_config)
-    mode = "L" if config.num_channels == 1 else "RGB"
+    mode = pil_mode(config.num_channels)
     return torch.stack([transform(to_pil(value, mode, where=f"row {i}")) for i, value in enumerate(values)])
 
 
 def masking_noise(config: MAEConfig, count: int, seed: int) -> torch.Tensor:
     """``(count, L)`` masking noise from its own generator seeded with ``seed`` (the global one is not touched)."""
-    num_patches = (config.image_size // config.patch_size) ** 2
-    return torch.rand(count, num_patches, generator=torch.Generator().manual_seed(seed))
+    return torch.rand(count, config.num_patches, generator=torch.Generator().manual_seed(seed))
 
 
 def _to_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers import PretrainedConfig
 
-from hf_ssl.backbones.transformers import resolve_encoder_config
+from hf_ssl.backbones.transformers import ENCODER_SUB_CONFIGS, check_text_encoder, resolve_encoder_config
 from hf_ssl.errors import UsageError, check_choice, check_range
-
-# The default encoder: a small BERT (Devlin et al., 2019 layout at a quarter of BERT-base's width, a third of its
-# depth) over the bert-base-uncased WordPiece vocabulary (30,522 tokens).
-DEFAULT_ENCODER: dict[str, Any] = {
-    "hidden_size": 256,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 1024,
-    "vocab_size": 30522,
-    "max_position_embeddings": 512,
-}
 
 
 class MLMConfig(PretrainedConfig):
@@ -49,9 +37,7 @@ class MLMConfig(PretrainedConfig):
     """
 
     model_type = "hf_ssl_mlm"
-    sub_configs_defaults = {
-        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
-    }
+    sub_configs_defaults = ENCODER_SUB_CONFIGS
 
     def __init__(
         self,
@@ -63,11 +49,6 @@ class MLMConfig(PretrainedConfig):
         sparse_prediction: bool = True,
         **kwargs: Any,
     ):
-        if encoder is not None and not isinstance(encoder, str | dict | PretrainedConfig):
-            raise UsageError(
-                f"encoder must be a config dict with a model_type, a PretrainedConfig or a model name/path, "
-                f"got {type(encoder).__name__}"
-            )
         self.encoder = resolve_encoder_config(encoder)
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob
@@ -88,12 +69,4 @@ class MLMConfig(PretrainedConfig):
             )
         check_choice("whole_word_masking", self.whole_word_masking, (True, False))
         check_choice("sparse_prediction", self.sparse_prediction, (True, False))
-        for field in ("vocab_size", "hidden_size"):
-            if not isinstance(getattr(self.encoder, field, None), int):
-                raise UsageError(
-                    f"encoder ({self.encoder.model_type!r}) must be a text encoder config with an integer {field}"
-                )
-        if getattr(self.encoder, "is_decoder", False):
-            raise UsageError(
-                "encoder.is_decoder must be False: masked language modelling needs bidirectional attention"
-            )
+        check_text_encoder(self.encoder, "masked language modelling")

@@ -17,13 +17,13 @@ def save_encoder_export(
     model: MLMForPreTraining,
     tokenizer: PreTrainedTokenizerBase | None,
     output_dir: str | Path,
-) -> Path:
+) -> PreTrainedModel:
     """Write ``output_dir`` in the encoder family's own format: ``config.json`` (the family's ``model_type``),
     ``model.safetensors`` and the tokenizer files.
 
     Where the family has a masked-LM class and a head mapping (BERT, RoBERTa, DistilBERT; see
-    :data:`~hf_ssl.models.mlm.MLM_HEAD_LAYOUTS`), the folder is a ``<Family>ForMaskedLM`` checkpoint: our head is
-    written under the family's names (BERT ``cls.predictions.*``, RoBERTa ``lm_head.*``, DistilBERT
+    :data:`~hf_ssl.models.mlm.modeling_mlm.MLM_HEAD_LAYOUTS`), the folder is a ``<Family>ForMaskedLM`` checkpoint:
+    our head is written under the family's names (BERT ``cls.predictions.*``, RoBERTa ``lm_head.*``, DistilBERT
     ``vocab_transform`` / ``vocab_layer_norm`` / ``vocab_projector``), so ``AutoModelForMaskedLM`` gives our
     predictions, and ``AutoModel`` / ``AutoModelForSequenceClassification`` load the encoder as from any checkpoint
     of the family (the pooler and classifier, which MLM does not train, are initialised by transformers). Other
@@ -35,11 +35,12 @@ def save_encoder_export(
         output_dir: the folder to write (created if needed).
 
     Returns:
-        The folder.
+        The model written: the family's masked-LM model, or the bare encoder.
     """
     family: PreTrainedModel | None = model.to_masked_lm()
     if family is None:
         logger.info("%s has no masked-LM mapping: exporting the bare encoder", model.config.encoder.model_type)
         family = model.mlm.encoder
     # safetensors, the family's config.json and architectures, the tokenizer (hf_ssl.export.transformers)
-    return save_transformers_model(family, Path(output_dir), tokenizer)
+    save_transformers_model(family, Path(output_dir), tokenizer)
+    return family

@@ -27,11 +27,10 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.transformers import TextEncoderPreTrainedModel, create_encoder, masked_mean
+from hf_ssl.backbones.transformers import TextEncoderModel, TextEncoderPreTrainedModel
 from hf_ssl.errors import UsageError
 from hf_ssl.health import HealthOutput
 from hf_ssl.losses import mean_over_items
@@ -204,7 +203,7 @@ class MLMPreTrainedModel(TextEncoderPreTrainedModel):
         return embeddings
 
 
-class MLMModel(MLMPreTrainedModel):
+class MLMModel(TextEncoderModel, MLMPreTrainedModel):
     """The encoder alone (what ``AutoModel`` loads from an MLM checkpoint): token ids in, hidden states out.
 
     ``pooler_output`` is the attention-masked mean of the token states, not the family's pooler (MLM does not train
@@ -212,30 +211,6 @@ class MLMModel(MLMPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
-
-    def __init__(self, config: MLMConfig):
-        super().__init__(config)
-        self.encoder = create_encoder(config.encoder)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling:
-        """Args:
-            input_ids: ``(B, L)`` token ids.
-            attention_mask: ``(B, L)``, 1 for tokens, 0 for padding; ``None`` means all tokens.
-            token_type_ids: ``(B, L)`` segment ids, for the families that have them.
-
-        Returns:
-            ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the mean over the non-padding tokens.
-        """
-        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=masked_mean(hidden, attention_mask))
 
 
 class MLMForPreTraining(MLMPreTrainedModel):
@@ -304,12 +279,11 @@ class MLMForPreTraining(MLMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ) -> MLMForPreTrainingOutput:
         """Args:
-            input_ids: ``(B, L)`` token ids, already masked (see :class:`~hf_ssl.models.mlm.MLMCollator`).
+            input_ids: ``(B, L)`` token ids, already masked (see :class:`~hf_ssl.models.mlm.collator.MLMCollator`).
             attention_mask: ``(B, L)``, 1 for tokens, 0 for padding.
             labels: ``(B, L)``, the original token at each selected position and -100 elsewhere.
             token_type_ids: ``(B, L)`` segment ids, for the families that have them.
@@ -408,7 +382,7 @@ class MLMForPreTraining(MLMPreTrainedModel):
 
         Args:
             name_or_path: a Hub id or folder of any encoder family (``bert-base-uncased``, a RoBERTa or DistilBERT
-                checkpoint, an :func:`~hf_ssl.models.mlm.save_encoder_export` folder), or an ``hf_ssl_mlm``
+                checkpoint, an :func:`~hf_ssl.models.mlm.export.save_encoder_export` folder), or an ``hf_ssl_mlm``
                 checkpoint (loaded as it is).
             **config_overrides: :class:`MLMConfig` fields (``mlm_probability``, ``whole_word_masking``, ...).
 
@@ -419,15 +393,16 @@ class MLMForPreTraining(MLMPreTrainedModel):
         if isinstance(config, MLMConfig):
             return cls.from_pretrained(name_or_path, **config_overrides)
         model = cls(MLMConfig(encoder=config, **config_overrides))
-        model.load_encoder_checkpoint(name_or_path)
+        model.load_encoder_checkpoint(name_or_path, config)
         return model
 
-    def load_encoder_checkpoint(self, name_or_path: str) -> bool:
+    def load_encoder_checkpoint(self, name_or_path: str, config: PretrainedConfig) -> bool:
         """Load the weights of an encoder checkpoint of ``config.encoder``'s family into this model: the encoder's,
         and the MLM head's when the checkpoint has one (a ``<Family>ForMaskedLM`` checkpoint of a mapped family).
 
         Args:
             name_or_path: a Hub id or folder of the encoder family (not an ``hf_ssl_mlm`` checkpoint).
+            config: the checkpoint's config, as read from ``name_or_path``.
 
         Returns:
             Whether the head was loaded too (else it keeps its fresh initialisation).
@@ -435,14 +410,13 @@ class MLMForPreTraining(MLMPreTrainedModel):
         Raises:
             UsageError: weights that do not fit ``config.encoder``.
         """
-        config = AutoConfig.from_pretrained(name_or_path)
         if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
-            source, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
+            source, info = AutoModelForMaskedLM.from_pretrained(name_or_path, config=config, output_loading_info=True)
             layout = head_layout(config)
             head_names = {theirs for _, theirs in _head_name_pairs(layout)} if layout else set()
             has_head = layout is not None and not head_names & set(info["missing_keys"])
         else:
-            source, has_head = AutoModel.from_pretrained(name_or_path), False
+            source, has_head = AutoModel.from_pretrained(name_or_path, config=config), False
         self.load_masked_lm(source, head=has_head)
         return has_head
 

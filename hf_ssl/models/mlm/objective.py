@@ -12,9 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, AutoModelForPreTraining, PretrainedConfig
+from transformers import AutoModelForPreTraining, PretrainedConfig
 
-from hf_ssl._version import __version__
 from hf_ssl.backbones.transformers import (
     check_sequence_length,
     fit_encoder_to_tokenizer,
@@ -31,27 +30,19 @@ from hf_ssl.data.text import (
     tokenize_dataset,
     use_saved_tokenizer,
 )
-from hf_ssl.errors import UsageError, check_range
+from hf_ssl.errors import check_range
 from hf_ssl.evaluation.features import FeatureSpec
-from hf_ssl.export import ExportContext, Exporter
-from hf_ssl.export.model_card import (
-    REPO_ID_PLACEHOLDER,
-    card_metadata,
-    evaluation_summary,
-    render_model_card,
-    training_rows,
-)
+from hf_ssl.export import ExportContext, Exporter, load_pretraining_model
+from hf_ssl.export.model_card import write_card
 from hf_ssl.export.transformers import TRANSFORMERS_FILES, load_tokenizer_if_any
 from hf_ssl.models.mlm.collator import IGNORE_INDEX, MLMCollator
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 from hf_ssl.models.mlm.export import save_encoder_export
-from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining
-from hf_ssl.objectives import Objective, PreparedData
+from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining, MLMModel
+from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunContext
 
 logger = logging.getLogger(__name__)
 
-PAPER = ("arXiv:1810.04805", "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding")
-# families whose position ids start after the padding index (RobertaEmbeddings.create_position_ids_from_input_ids)
 EVAL_MASKING_SEED = 0
 EVAL_BATCH_SIZE = 128
 
@@ -75,15 +66,17 @@ class MLMDataArguments(TextDataArguments):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def prepare_data(ds: Dataset | IterableDataset, config: MLMConfig, args: MLMDataArguments) -> PreparedData:
+def prepare_data(
+    ds: Dataset | IterableDataset, config: MLMConfig, args: MLMDataArguments, run: RunContext = NEW_MODEL
+) -> PreparedData:
     """Text rows checked and cleaned, a tokenizer found or trained (the encoder's vocabulary sized to it), lines
     tokenised with ``datasets.map`` (packed into blocks, or one per line), masks drawn per batch in the collator.
 
-    ``config.name_or_path`` is the ``--model_name_or_path`` the run starts from (set by :meth:`MLMObjective.
-    make_config`): its tokenizer is used unless another is named, and must fit its embeddings.
+    With ``run.model_name_or_path`` (the checkpoint the run starts from), its tokenizer is used unless another is
+    named, and must fit its embeddings.
     """
     ds, column, skipped = prepare_text_rows(ds, args)
-    checkpoint = config.name_or_path or None
+    checkpoint = run.model_name_or_path
     tokenizer, source = resolve_tokenizer(args, ds, column, checkpoint)
     logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
     fit_encoder_to_tokenizer(config, tokenizer, from_checkpoint=checkpoint is not None)
@@ -121,7 +114,7 @@ def masked_lm_metrics(model: Any, ds: Dataset, column: str, preprocess: Any) -> 
     same positions. Perplexity is ``exp`` of the mean cross-entropy over the selected tokens.
 
     Args:
-        model: the backbone evaluation loaded (``AutoModel``: an :class:`~hf_ssl.models.mlm.MLMModel`); the head is
+        model: the backbone evaluation loaded (``AutoModel``: an :class:`~hf_ssl.MLMModel`); the head is
             loaded from ``model.name_or_path``.
 
     Returns:
@@ -181,39 +174,24 @@ def masked_lm_metrics(model: Any, ds: Dataset, column: str, preprocess: Any) -> 
 
 def export(context: ExportContext) -> None:
     """Write the encoder as its family's own checkpoint with the run's tokenizer (see
-    :func:`~hf_ssl.models.mlm.save_encoder_export`) and the model card."""
-    model, info = AutoModelForPreTraining.from_pretrained(context.model_dir, output_loading_info=True)
-    if not isinstance(model, MLMForPreTraining):
-        raise UsageError(f"{context.model_dir}: expected an MLM checkpoint, got {type(model).__name__}")
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        raise UsageError(f"{context.model_dir}: {len(missing)} weights are missing ({', '.join(missing[:5])})")
-    tokenizer = load_tokenizer_if_any(context.model_dir)
+    :func:`~hf_ssl.models.mlm.export.save_encoder_export`) and the model card."""
+    model = load_pretraining_model(context, MLMForPreTraining)
+    tokenizer = load_tokenizer_if_any(context.model_dir, context.config)
     config: MLMConfig = model.config
     encoder = config.encoder
     trained_length = training_length(tokenizer, encoder) if tokenizer is not None else None
-    family_model = model.to_masked_lm()
-    save_encoder_export(model.eval(), tokenizer, context.output_dir)  # the tokenizer then reads the whole input
-    exported = type(family_model).__name__ if family_model is not None else type(model.mlm.encoder).__name__
-    label = f"MLM {encoder.model_type}"
-    evaluation = context.evaluation
-    card = render_model_card(
-        "mlm.md",
-        metadata=card_metadata(
-            model_name=label,
-            library_name="transformers",
-            pipeline_tag="fill-mask" if family_model is not None else "feature-extraction",
-            license="apache-2.0",
-            tags=["hf_ssl", "self-supervised", "masked-language-modeling", encoder.model_type],
-            run_info=context.run_info,
-            evaluation=evaluation,
-        ),
-        repo_id=REPO_ID_PLACEHOLDER,
-        dataset_name=context.run_info.dataset_name if context.run_info else None,
-        hf_ssl_version=__version__,
+    exported = save_encoder_export(model, tokenizer, context.output_dir)  # the tokenizer then reads it whole
+    has_head = exported is not model.mlm.encoder
+    write_card(
+        context,
+        model_name=f"MLM {encoder.model_type}",
+        library_name="transformers",
+        pipeline_tag="fill-mask" if has_head else "feature-extraction",
+        tags=["hf_ssl", "self-supervised", "masked-language-modeling", encoder.model_type],
+        unit="sequences",
         family=encoder.model_type,
-        exported_class=exported,
-        has_head=family_model is not None,
+        exported_class=type(exported).__name__,
+        has_head=has_head,
         has_tokenizer=tokenizer is not None,
         mask_token=getattr(tokenizer, "mask_token", None) or "[MASK]",
         hidden_size=encoder.hidden_size,
@@ -224,11 +202,8 @@ def export(context: ExportContext) -> None:
         max_length=max_sequence_length(encoder),
         training_length=trained_length,
         config=config,
-        training_rows=training_rows(context.run_info, unit="sequences"),
-        evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,
-        mlm_metrics=(evaluation or {}).get("mlm"),
+        mlm_metrics=(context.evaluation or {}).get("mlm"),
     )
-    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 def _first(config: PretrainedConfig, *names: str) -> Any:
@@ -241,61 +216,27 @@ def _first(config: PretrainedConfig, *names: str) -> Any:
 
 
 @dataclass(frozen=True)
-class MLMObjective(Objective):
+class MLMObjective(EncoderObjective):
     """MLM: ``--model_name_or_path`` is an encoder checkpoint or Hub id of any ``AutoModel`` family (its weights
     start the encoder, and its MLM head where it has one), or an ``hf_ssl_mlm`` checkpoint to continue."""
 
-    def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
-        """An :class:`MLMConfig` from the flags; with a checkpoint, its encoder config (or its whole MLM config),
-        updated by the flags. ``--encoder '{...}'`` then updates the checkpoint's encoder config (e.g. dropout).
+    def starting_backbone(self, source: PretrainedConfig) -> PretrainedConfig | None:
+        """Any encoder family's config (not another hf_ssl objective's)."""
+        return None if source.model_type.startswith("hf_ssl_") else source
 
-        Raises:
-            UsageError: an unreadable config, a checkpoint of another hf_ssl objective, or refused values.
-        """
-        if not model_name_or_path:
-            return self.config_class(**overrides)
-        try:
-            source = AutoConfig.from_pretrained(model_name_or_path)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {error}") from error
-        overrides = dict(overrides)
-        encoder_update = overrides.pop("encoder", None)
-        if encoder_update is not None and not isinstance(encoder_update, dict):
-            raise UsageError("--encoder with --model_name_or_path must be a JSON object of encoder fields to change")
-        if isinstance(source, MLMConfig):
-            encoder = source.encoder
-            values = {**source.to_dict(), **overrides}
-        elif source.model_type.startswith("hf_ssl_"):
-            raise UsageError(
-                f"--model_name_or_path {model_name_or_path} is a {source.model_type!r} checkpoint, not an MLM one or "
-                "a text encoder"
-            )
-        else:
-            encoder, values = source, overrides
-        encoder_dict = {**encoder.to_dict(), **(encoder_update or {})}
-        config = self.config_class(**{**values, "encoder": encoder_dict})
-        config._name_or_path = str(model_name_or_path)  # tells prepare_data to use (and fit) its tokenizer
-        return config
-
-    def make_model(self, config: PretrainedConfig, model_name_or_path: str | None = None) -> MLMForPreTraining:
-        """A new model, the MLM checkpoint at ``model_name_or_path``, or a new model whose encoder (and head, where
-        the checkpoint has one) starts from an encoder checkpoint."""
-        if not model_name_or_path:
-            return MLMForPreTraining(config)
-        if isinstance(AutoConfig.from_pretrained(model_name_or_path), MLMConfig):
-            return MLMForPreTraining.from_pretrained(model_name_or_path, config=config)
-        model = MLMForPreTraining(config)
-        with_head = model.load_encoder_checkpoint(model_name_or_path)
+    def load_start(self, model: MLMForPreTraining, model_name_or_path: str, source: PretrainedConfig) -> None:
+        """The encoder's weights, and the MLM head's where the checkpoint has one."""
+        with_head = model.load_encoder_checkpoint(model_name_or_path, source)
         logger.info(
             "started the encoder%s from %s", " and its MLM head" if with_head else " (new MLM head)", model_name_or_path
         )
-        return model
 
 
 MLM = MLMObjective(
     name="mlm",
     config_class=MLMConfig,
     model_class=MLMForPreTraining,
+    base_model_class=MLMModel,
     modality="text",
     data_arguments=MLMDataArguments,
     prepare_data=prepare_data,

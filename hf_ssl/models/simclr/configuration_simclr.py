@@ -10,7 +10,7 @@ from hf_ssl.backbones.timm import backbone_kwargs, check_model_name, data_config
 from hf_ssl.errors import UsageError, check_int, check_range
 
 # The augmentations of SimCLR's pipeline (Chen et al., 2020, appendix A), each with the config value that turns it
-# off; :class:`~hf_ssl.data.SimCLRTransform` applies them in this order.
+# off; :class:`~hf_ssl.models.simclr.transforms.SimCLRTransform` applies them in this order.
 AUGMENTATIONS: dict[str, dict[str, float]] = {
     "crop": {"crop_min_scale": 1.0},
     "flip": {"hflip_prob": 0.0},
@@ -102,7 +102,7 @@ class SimCLRConfig(PretrainedConfig):
         check_range("color_jitter_strength", color_jitter_strength, 0)
         if gradient_cache_chunk_size is not None:
             check_int("gradient_cache_chunk_size", gradient_cache_chunk_size, 1)
-        default_mean, default_std = default_normalization(backbone, num_channels)
+        default_mean, default_std = default_normalization(num_channels, backbone)
         image_mean = list(image_mean) if image_mean is not None else default_mean
         image_std = list(image_std) if image_std is not None else default_std
         if len(image_mean) != num_channels or len(image_std) != num_channels:

@@ -13,10 +13,42 @@ from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
 from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
-from hf_ssl.heads import SimCLRProjectionHead, representation_std
 from hf_ssl.health import HealthOutput
-from hf_ssl.losses import nt_xent_loss
 from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
+from hf_ssl.models.simclr.loss import nt_xent_loss
+
+
+class SimCLRProjectionHead(nn.Module):
+    """MLP projection head ``g(.)`` of SimCLR (Chen et al., 2020, sec. 2.1; v2 uses 3 layers).
+
+    ``num_layers - 1`` blocks of Linear -> BatchNorm1d -> ReLU, then a Linear (without bias) to ``output_dim``.
+
+    Args:
+        input_dim: backbone feature size.
+        hidden_dim: width of the hidden layers.
+        output_dim: size of the projected embedding on which the loss is computed.
+        num_layers: number of Linear layers (>= 1).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128, num_layers: int = 2):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = input_dim
+        for _ in range(num_layers - 1):
+            layers += [
+                nn.Linear(dim, hidden_dim, bias=False),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+            ]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, output_dim, bias=False))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, input_dim)`` -> ``(B, output_dim)``."""
+        return self.layers(features)
 
 
 @dataclass
@@ -25,14 +57,11 @@ class SimCLRForPreTrainingOutput(ModelOutput):
 
     Args:
         loss: NT-Xent loss (scalar).
-        embedding_std: std of the L2-normalised projections over the batch, averaged over dimensions: about
-            ``1 / sqrt(projection_dim)`` when healthy, near 0 on collapse (a monitor, no gradient).
         projections: ``(B, 2, projection_dim)`` projected embeddings of the two views.
         features: ``(B, 2, num_features)`` backbone features of the two views (what downstream tasks use).
     """
 
     loss: torch.Tensor | None = None
-    embedding_std: torch.Tensor | None = None
     projections: torch.Tensor | None = None
     features: torch.Tensor | None = None
 
@@ -83,7 +112,7 @@ class SimCLRModel(SimCLRPreTrainedModel):
     def num_features(self) -> int:
         return self.backbone.num_features
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> BaseModelOutputWithPooling:
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
         """``pixel_values (B, C, H, W)`` -> ``last_hidden_state`` (the unpooled feature map or tokens) and
         ``pooler_output (B, num_features)``."""
         hidden = self.backbone.forward_features(pixel_values)
@@ -109,9 +138,7 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
         """Start the backbone from timm's pretrained weights (see :meth:`SimCLRModel.load_pretrained_backbone`)."""
         self.simclr.load_pretrained_backbone()
 
-    def forward(
-        self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs: Any
-    ) -> SimCLRForPreTrainingOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> SimCLRForPreTrainingOutput:
         """Args:
         pixel_values: ``(B, 2, C, H, W)``, two augmented views of each of ``B`` images.
 
@@ -134,12 +161,7 @@ class SimCLRForPreTraining(SimCLRPreTrainedModel):
         loss = nt_xent_loss(
             projections[:, 0], projections[:, 1], self.config.loss_temperature, self.config.gather_distributed
         )
-        return SimCLRForPreTrainingOutput(
-            loss=loss,
-            embedding_std=representation_std(projections),
-            projections=projections,
-            features=features,
-        )
+        return SimCLRForPreTrainingOutput(loss=loss, projections=projections, features=features)
 
     def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
         """Health of a training batch (see :mod:`hf_ssl.health`): the backbone features of the two views (the

@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 class SimCSECollator:
     """Rows of token ids -> padded model inputs. Draws no randomness (dropout in the model is SimCSE's noise).

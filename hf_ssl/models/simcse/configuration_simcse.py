@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers import PretrainedConfig
 
-from hf_ssl.backbones.transformers import resolve_encoder_config
+from hf_ssl.backbones.transformers import ENCODER_SUB_CONFIGS, check_text_encoder, resolve_encoder_config
 from hf_ssl.errors import UsageError, check_choice, check_int, check_range
 
 POOLER_TYPES = ("cls", "cls_before_pooler", "mean")
-
-# The default encoder: the small BERT of the MLM objective (hidden 256, 4 layers, 4 heads, intermediate 1024) over
-# the bert-base-uncased WordPiece vocabulary (30,522 tokens), so an hf_ssl MLM run is a drop-in starting point.
-DEFAULT_ENCODER: dict[str, Any] = {
-    "hidden_size": 256,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 1024,
-    "vocab_size": 30522,
-    "max_position_embeddings": 512,
-}
 
 
 class SimCSEConfig(PretrainedConfig):
@@ -32,7 +20,7 @@ class SimCSEConfig(PretrainedConfig):
     encoder's dropout being the only noise, and the two embeddings are each other's positive. Supervised (batches of
     (sentence, positive[, hard negative])): the positive is a paired sentence (e.g. an entailment), the hard
     negative a contradiction. The loss is InfoNCE over cosine similarities with in-batch negatives
-    (:func:`hf_ssl.losses.info_nce_loss`).
+    (:func:`hf_ssl.models.simcse.loss.info_nce_loss`).
 
     A composite config like transformers' own (``LlavaConfig.text_config``) and :class:`~hf_ssl.MLMConfig`:
     ``encoder`` is a full config of any encoder family ``AutoModel`` builds (BERT, RoBERTa, DistilBERT, ...).
@@ -63,11 +51,7 @@ class SimCSEConfig(PretrainedConfig):
     """
 
     model_type = "hf_ssl_simcse"
-    sub_configs_defaults = {
-        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
-    }
-    # outputs the Trainer's evaluation loop must not gather as predictions (scalars of training monitors)
-    keys_to_ignore_at_inference = ["alignment", "uniformity"]
+    sub_configs_defaults = ENCODER_SUB_CONFIGS
 
     def __init__(
         self,
@@ -102,10 +86,4 @@ class SimCSEConfig(PretrainedConfig):
             check_int("gradient_cache_chunk_size", self.gradient_cache_chunk_size, 1)
         if self.starting_encoder is not None and not isinstance(self.starting_encoder, str):
             raise UsageError(f"starting_encoder must be a model name or path, got {self.starting_encoder!r}")
-        for field in ("vocab_size", "hidden_size"):
-            if not isinstance(getattr(self.encoder, field, None), int):
-                raise UsageError(
-                    f"encoder ({self.encoder.model_type!r}) must be a text encoder config with an integer {field}"
-                )
-        if getattr(self.encoder, "is_decoder", False):
-            raise UsageError("encoder.is_decoder must be False: SimCSE encodes sentences with bidirectional attention")
+        check_text_encoder(self.encoder, "SimCSE's sentence encoding")

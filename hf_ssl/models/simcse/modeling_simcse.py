@@ -15,22 +15,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel, PretrainedConfig
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.transformers import (
+    TextEncoderModel,
     TextEncoderPreTrainedModel,
-    create_encoder,
     inner_encoder_config,
     masked_mean,
 )
 from hf_ssl.errors import UsageError
 from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
 from hf_ssl.health import HealthOutput
-from hf_ssl.losses import alignment, info_nce_loss, uniformity
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
+from hf_ssl.models.simcse.loss import info_nce_loss
 
 
 def pool_sentences(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooler_type: str) -> torch.Tensor:
@@ -39,6 +38,30 @@ def pool_sentences(hidden: torch.Tensor, attention_mask: torch.Tensor | None, po
     if pooler_type in ("cls", "cls_before_pooler"):
         return hidden[:, 0]
     return masked_mean(hidden, attention_mask)
+
+
+def flatten_views(inputs: dict[str, torch.Tensor | None]) -> tuple[dict[str, torch.Tensor], int, int]:
+    """A batch's ``S * B`` sequences in one view-major batch ``(S * B, L)``, with ``B`` and ``S``: ``(B, L)``
+    sentences twice (unsupervised, ``S = 2``: one forward pass gives two dropout views) or ``(B, S, L)`` groups.
+
+    Args:
+        inputs: ``input_ids`` and the tensors of its shape (``attention_mask``, ...); ``None`` values are left out.
+
+    Raises:
+        ValueError: ``input_ids`` of another shape.
+    """
+    input_ids = inputs["input_ids"]
+    if input_ids.ndim == 2:
+        batch, views = input_ids.shape[0], 2
+        flat = {name: torch.cat([value, value]) for name, value in inputs.items() if value is not None}
+    elif input_ids.ndim == 3 and input_ids.shape[1] in (2, 3):
+        batch, views = input_ids.shape[:2]
+        flat = {name: value.transpose(0, 1).flatten(0, 1) for name, value in inputs.items() if value is not None}
+    else:
+        raise ValueError(
+            f"SimCSE expects input_ids of shape (B, L) or (B, S, L) with S in (2, 3), got {tuple(input_ids.shape)}"
+        )
+    return flat, batch, views
 
 
 class SimCSEMLP(nn.Module):
@@ -60,17 +83,11 @@ class SimCSEForPreTrainingOutput(ModelOutput):
 
     Args:
         loss: InfoNCE loss over this process' anchors, scalar.
-        alignment: alignment of the (anchor, positive) sentence embeddings of the batch (Wang & Isola, 2020; lower
-            is better), scalar monitor without gradient.
-        uniformity: uniformity of the anchors' sentence embeddings (Wang & Isola, 2020; lower is more uniform, 0 is
-            collapse), scalar monitor without gradient.
         embeddings: ``(B, S, H)`` sentence embeddings (what :class:`SimCSEModel` returns, before the training MLP)
             of the ``S`` sentences of each example (``S = 2`` dropout views when unsupervised).
     """
 
     loss: torch.Tensor | None = None
-    alignment: torch.Tensor | None = None
-    uniformity: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
 
 
@@ -88,36 +105,15 @@ class SimCSEPreTrainedModel(TextEncoderPreTrainedModel):
             init.zeros_(module.dense.bias)
 
 
-class SimCSEModel(SimCSEPreTrainedModel):
+class SimCSEModel(TextEncoderModel, SimCSEPreTrainedModel):
     """The sentence encoder (what ``AutoModel`` loads from a SimCSE checkpoint): token ids in, ``pooler_output`` the
     sentence embedding (``config.pooler_type``, without the training-only MLP)."""
 
     _keys_to_ignore_on_load_unexpected = [r"^mlp\."]
 
-    def __init__(self, config: SimCSEConfig):
-        super().__init__(config)
-        self.encoder = create_encoder(config.encoder)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling:
-        """Args:
-            input_ids: ``(B, L)`` token ids.
-            attention_mask: ``(B, L)``, 1 for tokens, 0 for padding; ``None`` means all tokens.
-            token_type_ids: ``(B, L)`` segment ids, for the families that have them (dropped otherwise).
-
-        Returns:
-            ``last_hidden_state (B, L, H)`` and ``pooler_output (B, H)``, the sentence embeddings.
-        """
-        hidden = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, L, H)
-        pooled = pool_sentences(hidden, attention_mask, self.config.pooler_type)  # (B, H)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The sentence embeddings ``(B, H)`` of ``config.pooler_type`` (:func:`pool_sentences`)."""
+        return pool_sentences(hidden, attention_mask, self.config.pooler_type)
 
 
 class SimCSEForPreTraining(SimCSEPreTrainedModel):
@@ -143,7 +139,6 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         **kwargs: Any,
     ) -> SimCSEForPreTrainingOutput:
         """Args:
@@ -157,23 +152,8 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
         Returns:
             :class:`SimCSEForPreTrainingOutput`.
         """
-        if input_ids.ndim == 2:
-            views = 2
-            batch = input_ids.shape[0]
-            flat = {"input_ids": torch.cat([input_ids, input_ids])}  # (2B, L): view-major, one forward pass
-            for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-                if value is not None:
-                    flat[name] = torch.cat([value, value])
-        elif input_ids.ndim == 3 and input_ids.shape[1] in (2, 3):
-            batch, views = input_ids.shape[:2]
-            flat = {"input_ids": input_ids.transpose(0, 1).flatten(0, 1)}  # (S * B, L), view-major
-            for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-                if value is not None:
-                    flat[name] = value.transpose(0, 1).flatten(0, 1)
-        else:
-            raise ValueError(
-                f"SimCSE expects input_ids of shape (B, L) or (B, S, L) with S in (2, 3), got {tuple(input_ids.shape)}"
-            )
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        flat, batch, views = flatten_views(inputs)
         if batch < 2:
             raise ValueError(f"SimCSE needs at least 2 examples per batch (the others are the negatives), got {batch}")
         chunk_size = self.config.gradient_cache_chunk_size
@@ -187,48 +167,36 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
             z, embeddings = encode_in_chunks(encode, chunks, self)
         else:
             z, embeddings = encode(flat)  # (B, S, H) each
-        loss = info_nce_loss(
-            z[:, 0],
-            z[:, 1],
-            z[:, 2] if views == 3 else None,
-            temperature=self.config.loss_temperature,
-            hard_negative_weight=self.config.hard_negative_weight,
-            gather_distributed=self.config.gather_distributed,
-        )
-        sentences = embeddings.detach()  # (B, S, H)
-        return SimCSEForPreTrainingOutput(
-            loss=loss,
-            alignment=alignment(sentences[:, 0], sentences[:, 1]),
-            uniformity=uniformity(sentences[:, 0]),
-            embeddings=embeddings,
-        )
+        loss = self.contrastive_loss(z, gather_distributed=self.config.gather_distributed)
+        return SimCSEForPreTrainingOutput(loss=loss, embeddings=embeddings)
 
     def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
         """Health of a training batch (see :mod:`hf_ssl.health`): the sentence embeddings and their positives (two
         dropout views, so the encoder runs in train mode here, when unsupervised; the given positives otherwise) and
         the InfoNCE loss of this batch alone (no gathering across processes)."""
-        input_ids = batch["input_ids"]
-        views = 2 if input_ids.ndim == 2 else input_ids.shape[1]
-        flat = {}
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
-            value = batch.get(name)
-            if value is not None:  # (S * B, L), view-major
-                flat[name] = torch.cat([value, value]) if input_ids.ndim == 2 else value.transpose(0, 1).flatten(0, 1)
+        flat, _, views = flatten_views(
+            {name: batch.get(name) for name in ("input_ids", "attention_mask", "token_type_ids")}
+        )
         training = self.training
-        self.train(input_ids.ndim == 2)  # dropout makes the two views of unsupervised SimCSE
+        self.train(batch["input_ids"].ndim == 2)  # dropout makes the two views of unsupervised SimCSE
         try:
             z, embeddings = self.encode_views(flat, views)  # (B, S, H) each
         finally:
             self.train(training)
-        loss = info_nce_loss(
+        loss = self.contrastive_loss(z, gather_distributed=False)
+        return HealthOutput(embeddings=embeddings[:, 0], positives=embeddings[:, 1], loss=loss)
+
+    def contrastive_loss(self, z: torch.Tensor, gather_distributed: bool) -> torch.Tensor:
+        """The InfoNCE loss (:func:`~hf_ssl.models.simcse.loss.info_nce_loss`) of ``(n, S, H)`` projected sentences:
+        each example's sentence, its positive and, with ``S = 3``, its hard negative."""
+        return info_nce_loss(
             z[:, 0],
             z[:, 1],
-            z[:, 2] if views == 3 else None,
+            z[:, 2] if z.shape[1] == 3 else None,
             temperature=self.config.loss_temperature,
             hard_negative_weight=self.config.hard_negative_weight,
-            gather_distributed=False,
+            gather_distributed=gather_distributed,
         )
-        return HealthOutput(embeddings=embeddings[:, 0], positives=embeddings[:, 1], loss=loss)
 
     def encode_views(self, inputs: dict[str, torch.Tensor], views: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``S * n`` sequences ``(S * n, L)``, view-major (the ``S`` sentences of ``n`` examples) -> what the loss
@@ -262,15 +230,19 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
         ]
         return torch.cat(pieces)[torch.argsort(order)]  # (N, H) back in input order
 
-    def load_encoder(self, name_or_path: str) -> None:
+    def load_encoder(self, name_or_path: str, config: PretrainedConfig) -> None:
         """Start the encoder from a checkpoint's weights: any encoder family's checkpoint or Hub id (its pooler,
         if any, is ignored), or an hf_ssl checkpoint with an ``encoder`` (an MLM run, its export, a SimCSE run).
+
+        Args:
+            name_or_path: the checkpoint folder or Hub id.
+            config: its config, as read from ``name_or_path``.
 
         Raises:
             UsageError: the weights do not fit ``config.encoder`` (missing or unexpected weights).
         """
         try:
-            source = AutoModel.from_pretrained(name_or_path)
+            source = AutoModel.from_pretrained(name_or_path, config=config)
         except (OSError, ValueError) as error:
             raise UsageError(f"--model_name_or_path {name_or_path}: cannot load its weights: {error}") from error
         if inner_encoder_config(source.config) is not source.config:  # an hf_ssl composite: its encoder module
@@ -282,8 +254,3 @@ class SimCSEForPreTraining(SimCSEPreTrainedModel):
                 f"--model_name_or_path {name_or_path}: its weights do not fit the encoder config: missing "
                 f"{missing[:5]}, unexpected {unexpected[:5]}"
             )
-
-
-def encoder_config_of(name_or_path: str) -> Any:
-    """The encoder config of a checkpoint or Hub id (the ``encoder`` of an hf_ssl composite config)."""
-    return inner_encoder_config(AutoConfig.from_pretrained(name_or_path))

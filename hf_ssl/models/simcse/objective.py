@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from hf_ssl._version import __version__
 from hf_ssl.backbones.transformers import (
     check_sequence_length,
     fit_encoder_to_tokenizer,
@@ -38,14 +37,8 @@ from hf_ssl.errors import UsageError, check_range
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.evaluation.sts import correlations, load_sts
 from hf_ssl.evaluation.tasks.sts import max_length_for
-from hf_ssl.export import ExportContext, Exporter
-from hf_ssl.export.model_card import (
-    REPO_ID_PLACEHOLDER,
-    card_metadata,
-    evaluation_summary,
-    render_model_card,
-    training_rows,
-)
+from hf_ssl.export import ExportContext, Exporter, load_pretraining_model
+from hf_ssl.export.model_card import write_card
 from hf_ssl.export.sentence_transformers import (
     SENTENCE_TRANSFORMERS_FILES,
     TRANSFORMERS_FILES,
@@ -54,12 +47,11 @@ from hf_ssl.export.sentence_transformers import (
 from hf_ssl.export.transformers import load_tokenizer_if_any
 from hf_ssl.models.simcse.collator import SimCSECollator
 from hf_ssl.models.simcse.configuration_simcse import SimCSEConfig
-from hf_ssl.models.simcse.modeling_simcse import SimCSEForPreTraining
-from hf_ssl.objectives import Objective, PreparedData
+from hf_ssl.models.simcse.modeling_simcse import SimCSEForPreTraining, SimCSEModel
+from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunContext
 
 logger = logging.getLogger(__name__)
 
-PAPER = ("arXiv:2104.08821", "SimCSE: Simple Contrastive Learning of Sentence Embeddings")
 STS_METRIC = "sts_spearman"
 """The key of the dev-set Spearman correlation in the Trainer's evaluation metrics (``--metric_for_best_model``)."""
 
@@ -243,12 +235,14 @@ def check_dropout_noise(config: SimCSEConfig) -> None:
         )
 
 
-def prepare_data(ds: Dataset | IterableDataset, config: SimCSEConfig, args: SimCSEDataArguments) -> PreparedData:
+def prepare_data(
+    ds: Dataset | IterableDataset, config: SimCSEConfig, args: SimCSEDataArguments, run: RunContext = NEW_MODEL
+) -> PreparedData:
     """Sentences (unsupervised) or sentence groups (supervised) checked, cleaned and tokenised once with
-    ``datasets.map``; a tokenizer found or trained as for every text objective (the checkpoint's one when starting
-    from ``--model_name_or_path``), its ``model_max_length`` set to ``--max_seq_length`` (what the export's
+    ``datasets.map``; a tokenizer found or trained as for every text objective (the checkpoint's one when the run
+    starts from ``run.model_name_or_path``), its ``model_max_length`` set to ``--max_seq_length`` (what the export's
     sentence-transformers model truncates to); STS evaluation pairs when ``--sts_eval_dataset`` is given."""
-    checkpoint = config.name_or_path or None
+    checkpoint = run.model_name_or_path
     if args.supervised:
         ds, columns, skipped = prepare_pairs(ds, args)
         tokenizer, source = resolve_tokenizer(args, ds, columns[0], checkpoint)
@@ -311,13 +305,8 @@ def export(context: ExportContext) -> None:
     """Write the sentence encoder as a sentence-transformers folder (Transformer + Pooling; see
     :func:`~hf_ssl.export.sentence_transformers.save_sentence_transformer`), which is also the encoder family's own
     ``AutoModel`` folder, and the model card."""
-    model, info = AutoModelForPreTraining.from_pretrained(context.model_dir, output_loading_info=True)
-    if not isinstance(model, SimCSEForPreTraining):
-        raise UsageError(f"{context.model_dir}: expected a SimCSE checkpoint, got {type(model).__name__}")
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        raise UsageError(f"{context.model_dir}: {len(missing)} weights are missing ({', '.join(missing[:5])})")
-    tokenizer = load_tokenizer_if_any(context.model_dir)
+    model = load_pretraining_model(context, SimCSEForPreTraining)
+    tokenizer = load_tokenizer_if_any(context.model_dir, context.config)
     if tokenizer is None:
         raise UsageError(f"{context.model_dir}: no tokenizer saved with the checkpoint; a sentence encoder needs one")
     config: SimCSEConfig = model.config
@@ -327,24 +316,15 @@ def export(context: ExportContext) -> None:
     trained_length = training_length(tokenizer, encoder_config)
     max_seq_length = max_sequence_length(encoder_config) or 512
     pooling = "mean" if config.pooler_type == "mean" else "cls"
-    family = family_encoder(model.eval())
+    family = family_encoder(model)
     save_sentence_transformer(family, tokenizer, context.output_dir, pooling=pooling, max_seq_length=max_seq_length)
-    label = f"SimCSE {encoder_config.model_type}"
-    evaluation = context.evaluation
-    card = render_model_card(
-        "simcse.md",
-        metadata=card_metadata(
-            model_name=label,
-            library_name="sentence-transformers",
-            pipeline_tag="sentence-similarity",
-            license="apache-2.0",
-            tags=["hf_ssl", "self-supervised", "simcse", "sentence-transformers", "sentence-similarity"],
-            run_info=context.run_info,
-            evaluation=evaluation,
-        ),
-        repo_id=REPO_ID_PLACEHOLDER,
-        dataset_name=context.run_info.dataset_name if context.run_info else None,
-        hf_ssl_version=__version__,
+    write_card(
+        context,
+        model_name=f"SimCSE {encoder_config.model_type}",
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        tags=["hf_ssl", "self-supervised", "simcse", "sentence-transformers", "sentence-similarity"],
+        unit="sentences",
         family=encoder_config.model_type,
         exported_class=type(family).__name__,
         has_pooler_mlp=family is not model.simcse.encoder,
@@ -355,10 +335,7 @@ def export(context: ExportContext) -> None:
         pooling=pooling,
         supervised=bool(context.run_info and "positive" in (context.run_info.columns or {})),
         config=config,
-        training_rows=training_rows(context.run_info, unit="sentences"),
-        evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,
     )
-    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -366,63 +343,32 @@ def export(context: ExportContext) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _provenance(path: str) -> str:
-    return os.path.abspath(path) if os.path.isdir(path) else path
-
-
 @dataclass(frozen=True)
-class SimCSEObjective(Objective):
+class SimCSEObjective(EncoderObjective):
     """SimCSE: ``--model_name_or_path`` is an encoder checkpoint or Hub id of any ``AutoModel`` family, an hf_ssl
     MLM run (or its export) whose encoder starts SimCSE, or an ``hf_ssl_simcse`` checkpoint to continue."""
 
-    def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
-        """A :class:`SimCSEConfig` from the flags; with a checkpoint, its encoder config (or its whole SimCSE
-        config), updated by the flags (``--encoder '{...}'`` updates the encoder's fields, e.g. its dropout).
+    def starting_backbone(self, source: PretrainedConfig) -> PretrainedConfig | None:
+        """Any encoder family's config, or the encoder of another hf_ssl text objective's (an MLM run)."""
+        encoder = inner_encoder_config(source)
+        return None if encoder is source and source.model_type.startswith("hf_ssl_") else encoder
 
-        Raises:
-            UsageError: an unreadable config, a checkpoint of a non-text hf_ssl objective, or refused values.
-        """
-        if not model_name_or_path:
-            return self.config_class(**overrides)
-        try:
-            source = AutoConfig.from_pretrained(model_name_or_path)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {error}") from error
-        overrides = dict(overrides)
-        encoder_update = overrides.pop("encoder", None)
-        if encoder_update is not None and not isinstance(encoder_update, dict):
-            raise UsageError("--encoder with --model_name_or_path must be a JSON object of encoder fields to change")
-        if isinstance(source, SimCSEConfig):
-            encoder, values = source.encoder, {**source.to_dict(), **overrides}
-        else:
-            encoder = inner_encoder_config(source)
-            if encoder is source and source.model_type.startswith("hf_ssl_"):
-                raise UsageError(
-                    f"--model_name_or_path {model_name_or_path} is a {source.model_type!r} checkpoint, not a text "
-                    "encoder"
-                )
-            values = {"starting_encoder": _provenance(model_name_or_path), **overrides}
-        config = self.config_class(**{**values, "encoder": {**encoder.to_dict(), **(encoder_update or {})}})
-        config._name_or_path = str(model_name_or_path)  # tells prepare_data to use (and fit) its tokenizer
-        return config
+    def start_values(self, model_name_or_path: str) -> dict[str, Any]:
+        """The provenance, ``starting_encoder`` (a folder as an absolute path), which evaluation compares with."""
+        path = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
+        return {"starting_encoder": path}
 
-    def make_model(self, config: PretrainedConfig, model_name_or_path: str | None = None) -> SimCSEForPreTraining:
-        """A new model, the SimCSE checkpoint at ``model_name_or_path``, or a new model whose encoder starts from an
-        encoder checkpoint (the MLP, if any, is new)."""
-        if not model_name_or_path:
-            return SimCSEForPreTraining(config)
-        if isinstance(AutoConfig.from_pretrained(model_name_or_path), SimCSEConfig):
-            return SimCSEForPreTraining.from_pretrained(model_name_or_path, config=config)
-        model = SimCSEForPreTraining(config)
-        model.load_encoder(model_name_or_path)
+    def load_start(self, model: SimCSEForPreTraining, model_name_or_path: str, source: PretrainedConfig) -> None:
+        """The encoder's weights (the MLP, if any, is new)."""
+        model.load_encoder(model_name_or_path, source)
         logger.info("started the encoder from %s", model_name_or_path)
-        return model
 
 
 SIMCSE = SimCSEObjective(
     name="simcse",
     config_class=SimCSEConfig,
     model_class=SimCSEForPreTraining,
+    base_model_class=SimCSEModel,
     modality="text",
     data_arguments=SimCSEDataArguments,
     prepare_data=prepare_data,

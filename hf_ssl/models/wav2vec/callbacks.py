@@ -1,7 +1,7 @@
 """Training callbacks for wav2vec 2.0 pretraining: Gumbel temperature annealing.
 
 Codebook collapse and a trivial contrastive task are warned by the shared health monitor (:mod:`hf_ssl.health`, from
-:meth:`~hf_ssl.models.wav2vec.Wav2VecForPreTraining.health`).
+:meth:`~hf_ssl.models.wav2vec.modeling_wav2vec.Wav2VecForPreTraining.health`).
 """
 
 from __future__ import annotations

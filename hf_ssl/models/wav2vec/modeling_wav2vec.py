@@ -2,10 +2,10 @@
 
 The backbone is transformers' own ``Wav2Vec2Model``, built from the ``Wav2Vec2Config`` in
 ``Wav2VecConfig.backbone``; on top of it: a Gumbel-softmax product quantizer of the convolutional features, span
-masking and distractor sampling drawn on the model's device (:mod:`hf_ssl.masking`), the contrastive and diversity
-losses (:mod:`hf_ssl.losses`) and fairseq's feature penalty. Formulas checked against transformers
-``models/wav2vec2/modeling_wav2vec2.py`` (``Wav2Vec2GumbelVectorQuantizer``, ``Wav2Vec2ForPreTraining``) and
-fairseq ``models/wav2vec/wav2vec2.py``.
+masking and distractor sampling drawn on the model's device (:mod:`~hf_ssl.models.wav2vec.masking`), the
+contrastive and diversity losses (:mod:`~hf_ssl.models.wav2vec.loss`) and fairseq's feature penalty. Formulas
+checked against transformers ``models/wav2vec2/modeling_wav2vec2.py`` (``Wav2Vec2GumbelVectorQuantizer``,
+``Wav2Vec2ForPreTraining``) and fairseq ``models/wav2vec/wav2vec2.py``.
 """
 
 from __future__ import annotations
@@ -21,15 +21,10 @@ from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.utils import ModelOutput
 
 from hf_ssl.health import HealthOutput
-from hf_ssl.losses import (
-    codevector_perplexity,
-    full_precision,
-    mean_over_items,
-    wav2vec_contrastive_loss,
-    wav2vec_diversity_loss,
-)
-from hf_ssl.masking import compute_span_mask, sample_negative_indices
+from hf_ssl.losses import full_precision, mean_over_items
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
+from hf_ssl.models.wav2vec.loss import codevector_perplexity, wav2vec_contrastive_loss, wav2vec_diversity_loss
+from hf_ssl.models.wav2vec.masking import compute_span_mask, sample_negative_indices
 
 
 @dataclass
@@ -173,7 +168,6 @@ class Wav2VecModel(Wav2VecPreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> Wav2Vec2BaseModelOutput:
@@ -370,7 +364,6 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
         sampled_negative_indices: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ) -> Wav2VecForPreTrainingOutput:
@@ -380,7 +373,6 @@ class Wav2VecForPreTraining(Wav2VecPreTrainedModel):
             mask_time_indices: ``(B, T)`` frames to mask; drawn on the device when ``None`` (training and eval).
             sampled_negative_indices: ``(B, T, K)`` distractors as flat frame indices ``b * T + t`` of the same
                 utterance (transformers' format); drawn on the device when ``None``.
-            return_dict: accepted for compatibility; a ``ModelOutput`` is always returned.
             num_items_in_batch: masked frames in the whole optimisation step (all micro-batches and processes):
                 the loss is weighted by this batch's share of them, so the micro-batches' losses add up to the mean
                 over the step's frames (the diversity and feature terms weighted alike, as fairseq does).

@@ -4,36 +4,27 @@ its features for evaluation (mean-pooled output of every transformer layer), its
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
-import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, Wav2Vec2Config, Wav2Vec2Model
+from transformers import PretrainedConfig, TrainerCallback, Wav2Vec2Config, Wav2Vec2Model
 
-from hf_ssl._version import __version__
 from hf_ssl.backbones import load_backbone
 from hf_ssl.data import find_column
 from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, AudioDataArguments, load_default_audio, prepare_audio
 from hf_ssl.errors import UsageError
-from hf_ssl.evaluation.features import FeatureSpec
+from hf_ssl.evaluation.features import SPEECH_FEATURES
 from hf_ssl.export import ExportContext, Exporter
-from hf_ssl.export.model_card import (
-    REPO_ID_PLACEHOLDER,
-    card_metadata,
-    evaluation_summary,
-    render_model_card,
-    training_rows,
-)
+from hf_ssl.export.model_card import write_card
 from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
 from hf_ssl.models.wav2vec.collator import AudioCollator, feature_extractor_for
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.export import save_backbone_export
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining, Wav2VecModel
 from hf_ssl.models.wav2vec.report import report_pictures
-from hf_ssl.objectives import Objective, PreparedData
+from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunContext
 
-PAPER = ("arXiv:2006.11477", "wav2vec 2.0: A Framework for Self-Supervised Learning of Speech Representations")
 EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
 
@@ -52,7 +43,9 @@ def find_audio_column(ds: Dataset | IterableDataset, column: str | None) -> str:
     return find_column(ds, "audio", column)
 
 
-def prepare_data(ds: Dataset | IterableDataset, config: Wav2VecConfig, args: AudioDataArguments) -> PreparedData:
+def prepare_data(
+    ds: Dataset | IterableDataset, config: Wav2VecConfig, args: AudioDataArguments, run: RunContext = NEW_MODEL
+) -> PreparedData:
     """Clips checked (or filtered when streamed) before training: each must decode and last at least the backbone's
     receptive field at ``config.sampling_rate``; cropping and normalisation happen in the collator."""
     column = find_audio_column(ds, args.audio_column)
@@ -84,48 +77,9 @@ def callbacks(config: PretrainedConfig) -> list[TrainerCallback]:
 # --- features for evaluation ---------------------------------------------------------------------------------------
 
 
-def frame_mask(attention_mask: torch.Tensor | None, num_frames: int, batch_size: int) -> torch.Tensor:
-    """``(B, T)`` float weights of the unpadded frames, from the sample-level ``attention_mask (B, L)``.
-
-    Clip ``b`` of ``n_b`` samples padded to ``L`` keeps its first ``floor(n_b * T / L)`` frames (at least one). The
-    pooler sees the inputs and outputs but not the backbone's convolution geometry, so this is exact for unpadded
-    clips and within one frame at the end of a padded clip (the exact count is
-    ``floor((n_b - receptive_field) / stride) + 1``).
-    """
-    if attention_mask is None:
-        return torch.ones(batch_size, num_frames)
-    samples = attention_mask.shape[1]
-    lengths = (attention_mask.sum(-1).long() * num_frames) // samples  # (B,)
-    lengths = lengths.clamp(min=1, max=num_frames)
-    return (torch.arange(num_frames, device=attention_mask.device)[None, :] < lengths[:, None]).float()
-
-
-def layer_means(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Mean over unpadded frames of each transformer layer's output: ``{"layer_0": (B, H), ..., "layer_N": (B, H)}``
-    (``layer_0`` is the transformer's input, the projected convolutional features with positional convolution).
-
-    Needs ``output_hidden_states`` (the audio evaluation task turns it on in the checkpoint's config); without hidden
-    states, the mean of ``last_hidden_state`` alone.
-    """
-    hidden = outputs.hidden_states
-    last = outputs.last_hidden_state
-    weights = frame_mask(inputs.get("attention_mask"), last.shape[1], last.shape[0]).to(last.device, last.dtype)
-    weights = weights[..., None] / weights.sum(1)[:, None, None]  # (B, T, 1), summing to 1 over each clip's frames
-
-    def pool(states: torch.Tensor) -> torch.Tensor:
-        return (states * weights).sum(1)  # (B, T, H) -> (B, H)
-
-    if not hidden:
-        return pool(last)
-    return {f"layer_{i}": pool(states) for i, states in enumerate(hidden)}
-
-
-FEATURES = FeatureSpec(
-    "audio",
-    pool=layer_means,
-    description="mean over unpadded frames of each transformer layer's output (layer_0: its input)",
-)
-"""How evaluation reads a wav2vec checkpoint (``hf_ssl_wav2vec``) and its export (a plain ``wav2vec2`` model)."""
+FEATURES = SPEECH_FEATURES
+"""How evaluation reads a wav2vec checkpoint (``hf_ssl_wav2vec``) and its export (a plain ``wav2vec2`` model): the
+mean over each clip's unpadded frames (the backbone's own frame mask) of every transformer layer's output."""
 
 
 # --- export --------------------------------------------------------------------------------------------------------
@@ -156,77 +110,65 @@ def export(context: ExportContext) -> None:
     """Write the backbone as a plain transformers ``Wav2Vec2Model`` with its ``Wav2Vec2FeatureExtractor`` (see
     :func:`~hf_ssl.models.wav2vec.export.save_backbone_export`) and its model card."""
     config: Wav2VecConfig = context.config  # type: ignore[assignment]
-    model = load_backbone(context.model_dir)
+    model = load_backbone(context.model_dir, config=config)
     if not isinstance(model, Wav2VecModel):
         raise TypeError(f"expected AutoModel to build a Wav2VecModel from {context.model_dir}, got {type(model)}")
     save_backbone_export(model, context.output_dir)
-    backbone = config.backbone
-    evaluation = context.evaluation
-    label = f"wav2vec 2.0 ({backbone.num_hidden_layers} layers, hidden {backbone.hidden_size})"
-    card = render_model_card(
-        "wav2vec.md",
-        metadata=card_metadata(
-            model_name=label,
-            library_name="transformers",
-            pipeline_tag="feature-extraction",
-            license="apache-2.0",
-            tags=["hf_ssl", "self-supervised", "wav2vec2", "audio", "speech", "feature-extraction"],
-            run_info=context.run_info,
-            evaluation=evaluation,
-        ),
-        repo_id=REPO_ID_PLACEHOLDER,
-        dataset_name=context.run_info.dataset_name if context.run_info else None,
-        hf_ssl_version=__version__,
+    backbone, evaluation = config.backbone, context.evaluation
+    write_card(
+        context,
+        model_name=f"wav2vec 2.0 ({backbone.num_hidden_layers} layers, hidden {backbone.hidden_size})",
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        tags=["hf_ssl", "self-supervised", "wav2vec2", "audio", "speech", "feature-extraction"],
+        unit="clips",
         config=config,
         backbone=backbone,
         num_parameters=sum(p.numel() for p in model.backbone.parameters()),
         receptive_field=config.receptive_field,
         frame_stride=config.frame_stride,
-        training_rows=training_rows(context.run_info, unit="clips"),
-        evaluation=evaluation_summary(evaluation, f"{label} (this model)") if evaluation else None,
         best_layer=(evaluation or {}).get("best_layer"),
         last_layer=(evaluation or {}).get("layer"),
         layer_rows=_layer_rows(evaluation),
     )
-    (context.output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 # --- the objective -------------------------------------------------------------------------------------------------
 
 
-def _wav2vec2_config(model_name_or_path: str) -> Wav2Vec2Config | None:
-    """The ``Wav2Vec2Config`` of a transformers wav2vec 2.0 checkpoint (folder or Hub id); ``None`` for any other."""
-    try:
-        config = AutoConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot read its config: {err}") from err
-    return config if isinstance(config, Wav2Vec2Config) else None
-
-
 @dataclass(frozen=True)
-class Wav2VecObjective(Objective):
+class Wav2VecObjective(EncoderObjective):
     """The wav2vec objective; ``--model_name_or_path`` also takes a transformers wav2vec 2.0 checkpoint (a folder,
     e.g. one of our exports, or a Hub id such as ``facebook/wav2vec2-base``): its backbone starts from those
     weights, the quantizer and projections from scratch."""
 
-    def make_config(self, overrides: dict[str, Any], model_name_or_path: str | None = None) -> PretrainedConfig:
-        backbone = _wav2vec2_config(model_name_or_path) if model_name_or_path else None
-        if backbone is None:
-            return super().make_config(overrides, model_name_or_path)
-        if "backbone" in overrides:
+    backbone_field: ClassVar[str] = "backbone"
+    backbone_kind: ClassVar[str] = "a transformers wav2vec 2.0 model"
+
+    def starting_backbone(self, source: PretrainedConfig) -> PretrainedConfig | None:
+        """A ``Wav2Vec2Config``, without the adapter (it is for fine-tuning; pretraining runs without it)."""
+        if not isinstance(source, Wav2Vec2Config):
+            return None
+        source.add_adapter = False
+        return source
+
+    def update_backbone(self, backbone: dict[str, Any], update: Any, model_name_or_path: str) -> dict[str, Any]:
+        """No changes: the checkpoint describes the whole backbone.
+
+        Raises:
+            UsageError: ``--backbone`` given too.
+        """
+        if update is not None:
             raise UsageError(
                 f"--backbone and --model_name_or_path {model_name_or_path} both describe the backbone; give one"
             )
-        backbone.add_adapter = False  # the adapter is for fine-tuning; pretraining runs without it
-        return self.config_class(backbone=backbone, **overrides)
+        return backbone
 
-    def make_model(self, config: PretrainedConfig, model_name_or_path: str | None = None) -> PreTrainedModel:
-        if not model_name_or_path or _wav2vec2_config(model_name_or_path) is None:
-            return super().make_model(config, model_name_or_path)
-        model = self.model_class(config)
+    def load_start(self, model: Wav2VecForPreTraining, model_name_or_path: str, source: PretrainedConfig) -> None:
+        """The backbone's weights (a new mask embedding where the checkpoint has none)."""
         try:
-            source, info = Wav2Vec2Model.from_pretrained(
-                model_name_or_path, config=config.backbone, output_loading_info=True
+            weights, info = Wav2Vec2Model.from_pretrained(
+                model_name_or_path, config=model.config.backbone, output_loading_info=True
             )
         except OSError as err:
             raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot load its weights: {err}") from err
@@ -237,14 +179,14 @@ class Wav2VecObjective(Objective):
                 f"--model_name_or_path {model_name_or_path}: its weights do not fit the backbone (missing "
                 f"{missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
             )
-        model.backbone.load_state_dict(source.state_dict(), strict=False)
-        return model
+        model.backbone.load_state_dict(weights.state_dict(), strict=False)
 
 
 WAV2VEC = Wav2VecObjective(
     name="wav2vec",
     config_class=Wav2VecConfig,
     model_class=Wav2VecForPreTraining,
+    base_model_class=Wav2VecModel,
     modality="audio",
     data_arguments=AudioDataArguments,
     prepare_data=prepare_data,

@@ -1,4 +1,5 @@
-"""NT-Xent: closed-form values, numerical robustness, parity with lightly, SimCLR model gradients."""
+"""SimCLR's NT-Xent and projection head: closed-form values, numerical robustness, parity with lightly, model
+gradients."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from torch import nn
 
 import hf_ssl.losses
 from hf_ssl import SimCLRConfig, SimCLRForPreTraining
-from hf_ssl.heads import SimCLRProjectionHead
-from hf_ssl.losses import NTXentLoss, nt_xent_loss
+from hf_ssl.models.simclr.loss import NTXentLoss, nt_xent_loss
+from hf_ssl.models.simclr.modeling_simclr import SimCLRProjectionHead
 
 
 def _reference_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:

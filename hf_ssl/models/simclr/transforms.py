@@ -1,13 +1,13 @@
-"""Image augmentations (torchvision v2), built from an objective's config so train and export agree."""
+"""The SimCLR augmentation (torchvision v2): the views of one image, every setting from the config."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
 
 
 class SimCLRTransform:
@@ -28,7 +28,7 @@ class SimCLRTransform:
         ``(num_views, C, H, W)`` float tensor for one PIL image.
     """
 
-    def __init__(self, config: Any, num_views: int = 2):
+    def __init__(self, config: SimCLRConfig, num_views: int = 2):
         size, s = config.image_size, config.color_jitter_strength
         # (probability, op): the op runs when a draw of torch.rand(1) is below the probability (None: always),
         # the draw v2's RandomApply / RandomHorizontalFlip / RandomGrayscale make (hence p=1.0 in the ops)
