@@ -153,7 +153,8 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
 
 
 class MomentumTeacherCallback(TrainerCallback):
-    """Updates the model's momentum teacher once per optimizer step and logs the momentum as ``teacher/momentum``.
+    """Updates the model's momentum teacher once per optimizer step; :class:`~hf_ssl.trainer.SSLTrainer` logs the
+    momentum as ``teacher/momentum`` (:meth:`logged_values`).
 
     After each optimizer step (``on_step_end``: once per update, however many micro-batches it accumulates), calls
     ``model.update_teacher(momentum)`` on the unwrapped model, with the momentum of :func:`cosine_momentum` at that
@@ -189,13 +190,6 @@ class MomentumTeacherCallback(TrainerCallback):
         self.current = cosine_momentum(state.global_step - 1, state.max_steps, self.base, self.final)
         unwrap_model(model).update_teacher(self.current)
 
-    def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any
-    ) -> None:
-        """Adds the momentum to a training log, and to its entry in ``state.log_history`` (the Trainer records that
-        entry before the callbacks see the log)."""
-        if logs is None or self.current is None or "loss" not in logs:
-            return
-        logs[self.log_name] = self.current
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1][self.log_name] = self.current
+    def logged_values(self) -> dict[str, float]:
+        """The momentum of the last update, which :class:`~hf_ssl.trainer.SSLTrainer` adds to its training logs."""
+        return {} if self.current is None else {self.log_name: self.current}

@@ -252,10 +252,19 @@ class SSLTrainer(Trainer):
             self.args.dataloader_drop_last = drop_last
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._sums:  # a training log: attach the averages gathered since the last one
-            names = list(self._sums)
-            means = torch.stack([self._sums[name] / self._counts[name] for name in names]).tolist()  # one sync
-            logs.update(zip(names, means, strict=True))
-            self._sums.clear()
-            self._counts.clear()
+        """Training logs gain the model's scalars averaged since the last log and the values of callbacks that have
+        a ``logged_values() -> {name: value}`` method (schedules such as a teacher's momentum), before the Trainer
+        records them and hands them to the reporting integrations (TensorBoard, W&B: they log before other
+        callbacks' ``on_log`` runs)."""
+        if "loss" in logs:
+            if self._sums:  # attach the averages gathered since the last training log
+                names = list(self._sums)
+                means = torch.stack([self._sums[name] / self._counts[name] for name in names]).tolist()  # one sync
+                logs.update(zip(names, means, strict=True))
+                self._sums.clear()
+                self._counts.clear()
+            for callback in self.callback_handler.callbacks:
+                values = getattr(callback, "logged_values", None)
+                if callable(values):
+                    logs.update(values())
         super().log(logs, start_time)

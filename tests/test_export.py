@@ -28,7 +28,7 @@ from hf_ssl.callbacks import RUN_INFO_FILE, RunInfo
 from hf_ssl.cli import main
 from hf_ssl.evaluation import EvaluationArguments, evaluate
 from hf_ssl.export import EVAL_RESULTS_FILE, export_backbone
-from hf_ssl.export.model_card import evaluation_summary, hub_datasets, render_model_card
+from hf_ssl.export.model_card import card_metadata, evaluation_summary, hub_datasets, render_model_card
 
 EXPORT_FILES = {"config.json", "model.safetensors", "README.md"}
 
@@ -263,6 +263,20 @@ def test_model_card_renders_evaluation_and_training(where, tiny_simclr_config, t
         ("uoft-cs/cifar10", "test", "image-classification")
     }
     assert card.data.model_name == "SimCLR convnext_atto"
+
+
+def test_model_index_does_not_call_fine_tuned_accuracy_frozen():
+    def eval_results(results):
+        front = card_metadata(
+            model_name="m", library_name="timm", pipeline_tag="image-feature-extraction", license="apache-2.0",
+            tags=[], run_info=None, evaluation={"dataset": "digits", "split": "test", "modality": "image", **results},
+        )  # fmt: skip
+        return {r.metric_name: r.task_name for r in ModelCard(f"---\n{front}\n---\n").data.eval_results}
+
+    # the Hub groups results by task, so kNN and fine-tuning share one name: not "frozen" when one is fine-tuned
+    both = eval_results({"knn": {"accuracy": 0.5}, "finetune": {"accuracy": 0.7}})
+    assert both == {"kNN accuracy": "classification", "fine-tune accuracy": "classification"}
+    assert eval_results({"knn": {"accuracy": 0.5}}) == {"kNN accuracy": "classification of frozen features"}
 
 
 def test_model_card_without_evaluation_or_run_info(tiny_simclr_config, tmp_path):

@@ -132,7 +132,9 @@ def test_evaluate_sts_command_end_to_end_with_baselines(tmp_path, capsys):
     assert results["sts"]["spearman"] == pytest.approx(results["baselines"]["starting_encoder"]["sts"]["spearman"])
     names = [row["name"] for row in result_rows(results)]
     assert names == ["pretrained", "tfidf", "starting encoder", "random init"]
-    assert "STS Spearman" in format_table(results) and "STS Spearman" in capsys.readouterr().out
+    table = format_table(results)
+    assert "STS Spearman" in table and "STS Spearman" in capsys.readouterr().out
+    assert f"{len(PAIRS)} pairs of 'dev'" in table.splitlines()[0] and "None" not in table  # nothing was fitted
     with pytest.raises(SystemExit):
         main(["evaluate", "--task", "sts", "--model_name_or_path", str(tmp_path / "ckpt")])  # no data: an error
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
+from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import ModelOutput
 
 from hf_ssl.errors import UsageError
 from hf_ssl.teachers import MomentumTeacher, MomentumTeacherCallback, cosine_momentum
+from hf_ssl.trainer import SSLTrainer
 
 
 class TinyTeacherConfig(PretrainedConfig):
@@ -147,7 +148,7 @@ def test_callback_refuses_momenta_out_of_range():
         MomentumTeacherCallback(base=0.9, final=0.5)
 
 
-def train(model: TinyTeacherModel, output_dir, callback: MomentumTeacherCallback, **overrides) -> Trainer:
+def train(model: TinyTeacherModel, output_dir, callback: MomentumTeacherCallback, **overrides) -> SSLTrainer:
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=4,
@@ -164,9 +165,23 @@ def train(model: TinyTeacherModel, output_dir, callback: MomentumTeacherCallback
     )
     rows = Dataset.from_dict({"x": torch.randn(64, 4).tolist()})
     collate = lambda rows: {"x": torch.tensor([row["x"] for row in rows])}  # noqa: E731
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[callback])
+    recorder = LogRecorder()  # before the teacher's callback, as the reporting integrations (TensorBoard) are
+    trainer = SSLTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[recorder, callback]
+    )
     trainer.train()
+    trainer.recorded = recorder.logs
     return trainer
+
+
+class LogRecorder(TrainerCallback):
+    """What a reporting integration would receive: the logs as they reach the callbacks."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
 
 
 def test_trainer_updates_the_teacher_once_per_optimizer_step_and_never_optimises_it(tmp_path):
@@ -186,6 +201,8 @@ def test_trainer_updates_the_teacher_once_per_optimizer_step_and_never_optimises
 
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["teacher/momentum"] for entry in logged] == pytest.approx(expected)
+    reported = [entry for entry in trainer.recorded if "loss" in entry]  # a callback listed before the teacher's
+    assert [entry["teacher/momentum"] for entry in reported] == pytest.approx(expected)
 
 
 def test_callback_needs_a_model_that_updates_its_teacher(tmp_path):

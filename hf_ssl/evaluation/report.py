@@ -113,6 +113,9 @@ def _extra_lines(results: dict[str, Any]) -> list[str]:
 def _caption(results: dict[str, Any]) -> str:
     if "model" not in results:
         return ""
+    if results.get("task") == "sts":  # nothing is fitted: one split of scored pairs
+        source = f"{results['model']} on {results.get('dataset', '?')}"
+        return f"{source}: {results.get('num_test')} pairs of {results.get('split')!r}"
     classes = f", {results['num_classes']} classes" if results.get("num_classes") else ""
     return (
         f"{results['model']} on {results.get('dataset', '?')}: train on {results.get('train_split')!r} "

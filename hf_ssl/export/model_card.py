@@ -270,12 +270,14 @@ def card_metadata(
             for metric, value in entry.items():
                 if metric not in ("accuracy", "spearman", "pearson") or not isinstance(value, int | float):
                     continue
+                if metric == "accuracy":  # the Hub groups results by task: one name for kNN, probe and fine-tune
+                    task_name = "classification" if "finetune" in evaluation else "classification of frozen features"
+                else:
+                    task_name = "semantic similarity of frozen features"
                 results.append(
                     EvalResult(
                         task_type=task if metric == "accuracy" else "sentence-similarity",
-                        task_name="classification of frozen features"
-                        if metric == "accuracy"
-                        else "semantic similarity of frozen features",
+                        task_name=task_name,
                         dataset_type=hub_dataset_id(dataset) or dataset,
                         dataset_name=dataset,
                         dataset_split=str(evaluation.get("split") or "test"),

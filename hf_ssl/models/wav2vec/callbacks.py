@@ -20,7 +20,8 @@ def gumbel_temperature(step: int, max_temperature: float, min_temperature: float
 
 
 class GumbelTemperatureCallback(TrainerCallback):
-    """Sets the quantizer's Gumbel-softmax temperature before every optimiser step and logs it.
+    """Sets the quantizer's Gumbel-softmax temperature before every optimiser step (the model returns it with its
+    loss, so it is logged with the other scalars).
 
     Args:
         max_temperature: temperature at step 0; default the model config's ``max_gumbel_temperature``.
@@ -57,9 +58,3 @@ class GumbelTemperatureCallback(TrainerCallback):
             return
         self.current = self.value(state.global_step, model.config)
         model.set_gumbel_temperature(self.current)
-
-    def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any
-    ) -> None:
-        if logs is not None and self.current is not None and "loss" in logs:
-            logs["gumbel_temperature"] = self.current
