@@ -3,26 +3,19 @@ same budget, evaluates each, and prints a Markdown table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from test_recipes import load_script
 from transformers import AutoConfig
 
 from hf_ssl import SimCLRConfig
 from hf_ssl.models.simclr.configuration_simclr import AUGMENTATIONS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "simclr_augmentation_ablation.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("simclr_augmentation_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_each_config_value_that_removes_an_augmentation_removes_exactly_it():
@@ -45,7 +38,7 @@ def test_ablation_runs_every_removal_at_the_same_budget_and_tabulates(tmp_path, 
         )
     )  # fmt: skip
     out = tmp_path / "ablation"
-    rows = load_script().main(
+    rows = load_script(SCRIPT).main(
         ["--config", str(config), "--max_steps", "2", "--eval_train_split", "train[:100]", "--eval_split",
          "test[:40]", "--probe_max_iter", "50", "--output_dir", str(out), "--", "--learning_rate", "1e-3"]
     )  # fmt: skip
@@ -77,6 +70,6 @@ def test_ablation_runs_every_removal_at_the_same_budget_and_tabulates(tmp_path, 
 
 def test_ablation_refuses_an_unknown_augmentation(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        load_script().main(["--remove", "mixup"])
+        load_script(SCRIPT).main(["--remove", "mixup"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'mixup'" in capsys.readouterr().err

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
+from test_recipes import load_script
 from transformers import AutoConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mae_mask_ratio.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("mae_mask_ratio", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_mask_ratio_recipe_runs_each_ratio_with_the_same_budget(tmp_path, capsys):
@@ -30,7 +23,7 @@ def test_mask_ratio_recipe_runs_each_ratio_with_the_same_budget(tmp_path, capsys
         )
     )  # fmt: skip
     out = tmp_path / "ratios"
-    rows = load_script().main(
+    rows = load_script(SCRIPT).main(
         ["--config", str(config), "--ratios", "0.5", "0.9", "--max_steps", "2", "--eval_train_split", "train[:200]",
          "--eval_split", "test[:50]", "--output_dir", str(out), "--", "--learning_rate", "1e-3"]
     )  # fmt: skip
