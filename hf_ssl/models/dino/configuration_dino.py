@@ -19,6 +19,15 @@ def _check_scale(name: str, scale: Any) -> list[float]:
     return [float(scale[0]), float(scale[1])]
 
 
+def _check_probabilities(name: str, values: Any) -> list[float]:
+    """A non-empty list of probabilities (one per global view, cycled)."""
+    if not isinstance(values, list | tuple) or not values:
+        raise UsageError(f"{name} must be a non-empty list of probabilities, got {values!r}")
+    for i, p in enumerate(values):
+        check_range(f"{name}[{i}]", p, 0, 1)
+    return [float(p) for p in values]
+
+
 class DINOConfig(PretrainedConfig):
     """Configuration of :class:`DINOModel` / :class:`DINOForPreTraining` (Caron et al., 2021).
 
@@ -56,6 +65,14 @@ class DINOConfig(PretrainedConfig):
         num_local_crops: small local views of each image, seen by the student only (0 turns multi-crop off).
         local_crop_size: side of the local crops.
         local_crop_scale: ``(min, max)`` area fraction of the local crops.
+        hflip_prob: probability of a horizontal flip of each view.
+        color_jitter_prob: probability of DINO's colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue
+            0.1) on each view.
+        grayscale_prob: probability of converting each view to grayscale.
+        global_blur_probs: probability of a Gaussian blur of global view ``i`` is ``global_blur_probs[i % n]``
+            (DINO: 1.0 for the first, 0.1 for the second; 0 for CIFAR-sized images).
+        local_blur_prob: probability of a Gaussian blur of each local view (DINO: 0.5).
+        global_solarization_probs: probability of solarizing global view ``i``, likewise (DINO: 0 and 0.2).
     """
 
     model_type = "hf_ssl_dino"
@@ -90,6 +107,12 @@ class DINOConfig(PretrainedConfig):
         num_local_crops: int = 8,
         local_crop_size: int = 96,
         local_crop_scale: tuple[float, float] | list[float] = (0.05, 0.4),
+        hflip_prob: float = 0.5,
+        color_jitter_prob: float = 0.8,
+        grayscale_prob: float = 0.2,
+        global_blur_probs: tuple[float, ...] | list[float] = (1.0, 0.1),
+        local_blur_prob: float = 0.5,
+        global_solarization_probs: tuple[float, ...] | list[float] = (0.0, 0.2),
         **kwargs: Any,
     ):
         check_model_name(backbone)
@@ -121,6 +144,15 @@ class DINOConfig(PretrainedConfig):
         check_int("local_crop_size", local_crop_size, 1)
         global_crop_scale = _check_scale("global_crop_scale", global_crop_scale)
         local_crop_scale = _check_scale("local_crop_scale", local_crop_scale)
+        for name, p in (
+            ("hflip_prob", hflip_prob),
+            ("color_jitter_prob", color_jitter_prob),
+            ("grayscale_prob", grayscale_prob),
+            ("local_blur_prob", local_blur_prob),
+        ):
+            check_range(name, p, 0, 1)
+        global_blur_probs = _check_probabilities("global_blur_probs", global_blur_probs)
+        global_solarization_probs = _check_probabilities("global_solarization_probs", global_solarization_probs)
         default_mean, default_std = default_normalization(num_channels, backbone)
         image_mean = list(image_mean) if image_mean is not None else default_mean
         image_std = list(image_std) if image_std is not None else default_std
@@ -159,6 +191,12 @@ class DINOConfig(PretrainedConfig):
         self.num_local_crops = num_local_crops
         self.local_crop_size = local_crop_size
         self.local_crop_scale = local_crop_scale
+        self.hflip_prob = hflip_prob
+        self.color_jitter_prob = color_jitter_prob
+        self.grayscale_prob = grayscale_prob
+        self.global_blur_probs = global_blur_probs
+        self.local_blur_prob = local_blur_prob
+        self.global_solarization_probs = global_solarization_probs
         super().__init__(**kwargs)
         self.timm_kwargs  # noqa: B018 (refuses a small_image_stem the backbone's family cannot take)
 
