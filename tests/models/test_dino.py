@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from common import ObjectiveChecks
 from lightly.models.modules import DINOProjectionHead as LightlyDINOProjectionHead
 from safetensors.torch import load_file
 from torch import nn
+from transformers import TrainerState
 
 from hf_ssl.errors import UsageError
+from hf_ssl.models.dino import DINO
+from hf_ssl.models.dino.callbacks import DINOScheduleCallback
 from hf_ssl.models.dino.configuration_dino import DINOConfig
 from hf_ssl.models.dino.loss import dino_loss
 from hf_ssl.models.dino.modeling_dino import DINOForPreTraining, DINOModel, DINOProjectionHead
@@ -219,3 +223,35 @@ def test_bad_inputs_are_refused():
         model(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="at least two views"):
         model(torch.randn(2, 1, 3, 32, 32))
+
+
+# --- the objective ------------------------------------------------------------------------------------------------
+
+
+class TestDINOObjective(ObjectiveChecks):
+    objective = DINO
+
+    def tiny_config(self):
+        return tiny_config()
+
+    def pretrain_flags(self):
+        return ["--backbone", "resnet18", "--backbone_kwargs", '{"layers": [1, 1, 1, 1]}', "--image_size", "32",
+                "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16", "--num_local_crops", "2",
+                "--local_crop_size", "16", "--global_blur_probs", "0", "--local_blur_prob", "0",
+                "--per_device_train_batch_size", "8"]  # fmt: skip
+
+    def batch(self, config):
+        return views(batch=6)
+
+
+def test_schedule_callback_sets_the_temperature_and_freezes_the_prototypes_in_the_first_epoch():
+    model = DINOForPreTraining(tiny_config(teacher_temperature=0.07, warmup_teacher_temperature_epochs=3))
+    callback = DINOScheduleCallback()
+    state = TrainerState(epoch=1.0, global_step=4)
+    callback.on_step_begin(None, state, None, model=model)
+    assert model.current_teacher_temperature == pytest.approx(0.055)
+    model.train()(**views()).loss.backward()
+    callback.on_pre_optimizer_step(None, TrainerState(epoch=1.5), None, model=model)
+    assert model.head.weight_v.grad is not None  # past freeze_last_layer_epochs = 1
+    callback.on_pre_optimizer_step(None, TrainerState(epoch=0.5), None, model=model)
+    assert model.head.weight_v.grad is None and model.head.mlp[0].weight.grad is not None

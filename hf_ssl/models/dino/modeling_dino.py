@@ -14,8 +14,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
+from hf_ssl.health import HealthOutput
 from hf_ssl.models.dino.configuration_dino import DINOConfig
-from hf_ssl.models.dino.loss import DINOLoss, teacher_temperature_at
+from hf_ssl.models.dino.loss import DINOLoss, dino_loss, teacher_temperature_at
 from hf_ssl.teachers import MomentumTeacher
 
 
@@ -276,4 +277,32 @@ class DINOForPreTraining(DINOPreTrainedModel):
             teacher_logits=teacher_logits,
             features=global_features.unflatten(0, (batch, num_global)),
             teacher_temperature=loss.new_tensor(temperature),
+        )
+
+    def health(self, batch: dict[str, torch.Tensor]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the student backbone's features of the first two
+        global views (positives of each other), the DINO loss with the current center (left unchanged), and the
+        mean entropy of the teacher's centered, sharpened distribution (DINO's collapse measure, sec. 5.3: ``log K``
+        when it collapses to uniform, 0 when one prototype dominates)."""
+        pixel_values = batch["pixel_values"]
+        batch_size, num_global = pixel_values.shape[:2]
+        features = self.dino(pixel_values.flatten(0, 1)).pooler_output.unflatten(0, (batch_size, num_global))
+        student = self.head(features.flatten(0, 1)).unflatten(0, (batch_size, num_global))  # (B, G, K)
+        teacher_features = self.teacher.dino(pixel_values.flatten(0, 1)).pooler_output
+        teacher = self.teacher.head(teacher_features).unflatten(0, (batch_size, num_global))  # (B, G, K)
+        temperature = self.current_teacher_temperature
+        center = self.criterion.center
+        loss = (
+            dino_loss(student, teacher, center, self.config.student_temperature, temperature)
+            if num_global > 1
+            else None
+        )
+        probabilities = ((teacher.float() - center) / temperature).softmax(dim=-1)
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        return HealthOutput(
+            embeddings=features[:, 0],
+            positives=features[:, 1] if num_global > 1 else None,
+            loss=loss,
+            scalars={"teacher_entropy": entropy},
+            advice={"collapse": "a lower teacher_temperature, a higher center_momentum, or more local crops"},
         )
