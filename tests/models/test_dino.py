@@ -255,3 +255,13 @@ def test_schedule_callback_sets_the_temperature_and_freezes_the_prototypes_in_th
     assert model.head.weight_v.grad is not None  # past freeze_last_layer_epochs = 1
     callback.on_pre_optimizer_step(None, TrainerState(epoch=0.5), None, model=model)
     assert model.head.weight_v.grad is None and model.head.mlp[0].weight.grad is not None
+
+
+def test_a_vit_takes_local_crops_of_another_size_and_exports_the_argument():
+    config = tiny_config(backbone="vit_tiny_patch16_224", small_image_stem=True, backbone_kwargs={"depth": 1})
+    assert config.timm_kwargs["dynamic_img_size"] is True
+    assert "dynamic_img_size" not in tiny_config(backbone="resnet18").timm_kwargs
+    assert "dynamic_img_size" not in tiny_config(backbone="vit_tiny_patch16_224", num_local_crops=0).timm_kwargs
+    torch.manual_seed(0)
+    out = DINOForPreTraining(config)(**views())
+    assert out.student_logits.shape == (3, 4, 64) and torch.isfinite(out.loss)

@@ -6,7 +6,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from hf_ssl.backbones.timm import backbone_kwargs, check_model_name, data_config, default_normalization
+from hf_ssl.backbones.timm import (
+    backbone_kwargs,
+    check_model_name,
+    data_config,
+    default_normalization,
+    variable_size_kwargs,
+)
 from hf_ssl.errors import UsageError, check_int, check_range
 
 
@@ -202,10 +208,13 @@ class DINOConfig(PretrainedConfig):
 
     @property
     def timm_kwargs(self) -> dict[str, Any]:
-        """The arguments ``timm.create_model(self.backbone, **timm_kwargs)`` rebuilds the backbone with."""
-        return backbone_kwargs(
-            self.backbone, self.image_size, self.num_channels, self.small_image_stem, self.backbone_kwargs
-        )
+        """The arguments ``timm.create_model(self.backbone, **timm_kwargs)`` rebuilds the backbone with; local crops
+        of another size than the global ones make a ViT take any input size (``dynamic_img_size``), unless
+        ``backbone_kwargs`` says otherwise."""
+        extra = dict(self.backbone_kwargs)
+        if self.num_local_crops and self.local_crop_size != self.image_size:
+            extra = variable_size_kwargs(self.backbone) | extra
+        return backbone_kwargs(self.backbone, self.image_size, self.num_channels, self.small_image_stem, extra)
 
     @property
     def data_config(self) -> dict[str, Any]:
