@@ -265,3 +265,37 @@ def test_a_vit_takes_local_crops_of_another_size_and_exports_the_argument():
     torch.manual_seed(0)
     out = DINOForPreTraining(config)(**views())
     assert out.student_logits.shape == (3, 4, 64) and torch.isfinite(out.loss)
+
+
+def test_a_trainer_run_warms_the_temperature_up_moves_the_teacher_and_keeps_the_prototypes_in_the_first_epoch(
+    tmp_path,
+):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hf_ssl.trainer import SSLTrainer
+
+    config = tiny_config(warmup_teacher_temperature_steps=3, teacher_temperature=0.06, teacher_momentum=0.5)
+    torch.manual_seed(0)
+    model = DINOForPreTraining(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=0.01,
+                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             dataloader_pin_memory=False, disable_tqdm=True, remove_unused_columns=False)  # fmt: skip
+    rows = Dataset.from_dict({"seed": list(range(64))})  # 64 rows: 3 steps of 4 stay inside the first epoch
+    collate = lambda rows: views(batch=len(rows), seed=rows[0]["seed"])  # noqa: E731
+    trainer = SSLTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=DINO.callbacks(config)
+    )
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["teacher_temperature"] for entry in logged] == pytest.approx([0.04, 0.05, 0.06])
+    assert [entry["teacher/momentum"] for entry in logged][0] == pytest.approx(0.5)
+    for name in (
+        "head.last_layer.parametrizations.weight.original1",
+        "head.last_layer.parametrizations.weight.original0",
+    ):
+        assert torch.equal(model.get_parameter(name), before[name]), name  # frozen during the first epoch
+    assert not torch.equal(model.head.mlp[0].weight, before["head.mlp.0.weight"])
+    assert not torch.equal(model.teacher.head.mlp[0].weight, before["teacher.head.mlp.0.weight"])
+    assert model.criterion.center.abs().sum() > 0
