@@ -73,6 +73,18 @@ def backbone_kwargs(
     return kwargs
 
 
+_DYNAMIC_SIZE_FAMILIES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.eva")
+"""timm families whose fixed input size is lifted by ``dynamic_img_size=True`` (position embeddings interpolated)."""
+
+
+def variable_size_kwargs(name: str) -> dict[str, Any]:
+    """The timm arguments that let architecture ``name`` take inputs of any size (multi-crop views of several
+    sizes): ``{"dynamic_img_size": True}`` for ViT-like families, nothing for convolutional ones, which take any
+    size already."""
+    family = timm.models.model_entrypoint(name).__module__
+    return {"dynamic_img_size": True} if family in _DYNAMIC_SIZE_FAMILIES else {}
+
+
 def create_backbone(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """``timm.create_model(name, num_classes=0, **kwargs)``, randomly initialised: the pooled feature is its output.
 

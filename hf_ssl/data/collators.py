@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -98,7 +98,9 @@ class ImageCollator(SeededCollator):
     error naming its file.
 
     Args:
-        transform: PIL image -> tensor: ``(C, H, W)`` for one crop, ``(V, C, H, W)`` for ``V`` views.
+        transform: PIL image -> tensor: ``(C, H, W)`` for one crop, ``(V, C, H, W)`` for ``V`` views; or a mapping
+            of model inputs to such tensors (multi-crop: ``{"pixel_values": ..., "local_pixel_values": ...}``),
+            each stacked over the batch.
         image_column: the column holding the images.
         mode: PIL mode the images are converted to (see :func:`~hf_ssl.data.images.pil_mode`).
 
@@ -106,7 +108,12 @@ class ImageCollator(SeededCollator):
         UndecodableImageError: (when called) a row whose image cannot be decoded.
     """
 
-    def __init__(self, transform: Callable[[Any], torch.Tensor], image_column: str, mode: str = "RGB"):
+    def __init__(
+        self,
+        transform: Callable[[Any], torch.Tensor | Mapping[str, torch.Tensor]],
+        image_column: str,
+        mode: str = "RGB",
+    ):
         self.transform, self.image_column, self.mode = transform, image_column, mode
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -115,4 +122,6 @@ class ImageCollator(SeededCollator):
                 self.transform(to_pil(row[self.image_column], self.mode, where=f"row {i} of a batch"))
                 for i, row in enumerate(rows)
             ]
+        if isinstance(images[0], Mapping):
+            return {key: torch.stack([image[key] for image in images]) for key in images[0]}
         return {"pixel_values": torch.stack(images)}
