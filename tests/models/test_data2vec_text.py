@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_text import VOCAB, tokenizer
+from transformers import Data2VecTextConfig, Data2VecTextModel
 
+from hf_ssl.backbones.transformers import check_sequence_length, max_sequence_length
 from hf_ssl.data.text import load_default_text, tokenize_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.models.data2vec_text.configuration_data2vec_text import Data2VecTextPretrainingConfig
@@ -284,3 +286,28 @@ def test_a_few_steps_lower_the_loss_on_real_text():
         model.update_teacher(0.99)
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+def test_the_encoder_reads_as_many_tokens_as_its_positions_allow():
+    """data2vec text counts positions from ``pad_token_id + 1``, as RoBERTa: the sequence limit is that much lower."""
+    config = tiny_config()
+    assert max_sequence_length(config) == 80 - 1  # pad_token_id 0
+    check_sequence_length(config, 79)
+    with pytest.raises(UsageError, match="max_seq_length 80"):
+        check_sequence_length(config, 80)
+    model = Data2VecTextForPreTraining(config).eval()
+    input_ids = torch.randint(5, VOCAB, (1, 79))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 3] = input_ids[0, 3]
+    assert torch.isfinite(model(input_ids, labels).loss)
+
+
+def test_starting_from_an_encoder_checkpoint_starts_student_and_teacher(tmp_path):
+    encoder_config = Data2VecTextConfig(**{k: v for k, v in TINY_D2V.items() if k != "model_type"})
+    Data2VecTextModel(encoder_config).save_pretrained(tmp_path)
+    reference = Data2VecTextModel.from_pretrained(tmp_path).state_dict()
+    model = Data2VecTextForPreTraining(tiny_config())
+    model.load_encoder_checkpoint(str(tmp_path), encoder_config)
+    for tower in (model.data2vec_text.encoder, model.teacher.data2vec_text.encoder):
+        for name, tensor in tower.state_dict().items():
+            assert torch.equal(tensor, reference[name]), name

@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.transformers import TextEncoderModel, TextEncoderPreTrainedModel, takes_token_type_ids
 from hf_ssl.errors import UsageError
+from hf_ssl.health import HealthOutput
 from hf_ssl.losses import mean_over_items
 from hf_ssl.models.data2vec_text.configuration_data2vec_text import Data2VecTextPretrainingConfig
 from hf_ssl.models.data2vec_text.loss import data2vec_targets, regression_loss
@@ -191,6 +192,35 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         return Data2VecTextForPreTrainingOutput(
             loss=loss, target_std=target_std, predictions=predictions, targets=targets, last_hidden_state=hidden
         )
+
+    def health(self, batch: dict[str, Any]) -> HealthOutput:
+        """Health of a training batch (see :mod:`hf_ssl.health`): the loss and ``target_std`` on its masked tokens
+        (a teacher whose targets lose their spread has collapsed, and the student with it), and the student
+        encoder's sentence features (the mean over tokens, as :class:`Data2VecTextPretrainingModel`) of the unmasked
+        text."""
+        labels, mask, types = batch["labels"], batch.get("attention_mask"), batch.get("token_type_ids")
+        output = self(batch["input_ids"], labels, attention_mask=mask, token_type_ids=types)
+        original = torch.where(labels != IGNORE_INDEX, labels, batch["input_ids"])  # (B, L)
+        features = self.data2vec_text(original, attention_mask=mask, token_type_ids=types).pooler_output  # (B, H)
+        return HealthOutput(
+            embeddings=features, loss=output.loss, scalars={"target_std": output.target_std}, isotropic=False
+        )
+
+    def load_encoder_checkpoint(self, name_or_path: str, config: PretrainedConfig) -> None:
+        """Start the student encoder, and its teacher with it, from an encoder checkpoint of ``config.encoder``'s
+        family (a Hub id or folder ``AutoModel`` loads; its pooler, which data2vec does not train, is dropped).
+
+        Raises:
+            UsageError: weights that do not fit ``config.encoder``.
+        """
+        source = AutoModel.from_pretrained(name_or_path, config=config)
+        missing, unexpected = self.data2vec_text.encoder.load_state_dict(source.state_dict(), strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+        if missing or unexpected:
+            raise UsageError(
+                f"the encoder weights do not fit config.encoder: missing {missing}, unexpected {unexpected}"
+            )
+        self.teacher.reset_from(self)
 
     def num_items(self, batch: dict[str, Any]) -> torch.Tensor:
         """The tokens this batch predicts (its labels that are not -100)."""
