@@ -16,6 +16,7 @@ from common import ObjectiveChecks
 from transformers import AutoTokenizer
 
 from hf_ssl.cli import main
+from hf_ssl.data.text import load_default_text
 from hf_ssl.models.data2vec_text.configuration_data2vec_text import Data2VecTextPretrainingConfig
 from hf_ssl.models.data2vec_text.modeling_data2vec_text import Data2VecTextForPreTraining
 from hf_ssl.objectives import OBJECTIVES
@@ -114,6 +115,22 @@ def test_cli_pretrain_lowers_the_loss_moves_the_teacher_and_exports_for_plain_tr
     student = dict(model.data2vec_text.named_parameters())
     teacher = dict(model.teacher.data2vec_text.named_parameters())
     assert any(not torch.equal(p, student[k]) for k, p in teacher.items())  # EMA: behind the student, not equal
+
+    # evaluation on a tiny labelled .tsv: the student's pooled features, with the random-init and TF-IDF baselines
+    data = tmp_path / "labelled"
+    data.mkdir()
+    texts = load_default_text("train[:120]")["text"]
+    for split, rows in (("train", range(0, 80)), ("dev", range(80, 120))):
+        lines = ["text\tlabel"] + [f"{texts[i]}\t{'long' if len(texts[i]) > 80 else 'short'}" for i in rows]
+        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    results_file = out / "eval_results.json"
+    main(
+        ["evaluate", "--model_name_or_path", str(out), "--dataset_name", str(data), "--split", "validation"]
+        + ["--knn_k", "5", "--output_file", str(results_file)]
+    )
+    results = json.loads(results_file.read_text())
+    assert results["modality"] == "text" and results["num_train"] == 80 and results["num_test"] == 40
+    assert set(results["baselines"]) == {"random_init", "tfidf"}
 
     export = tmp_path / "export"
     main(["export", str(out), str(export)])

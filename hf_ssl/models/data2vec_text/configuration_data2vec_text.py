@@ -38,9 +38,9 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
             for its base model, ``max(1, round(2/3 * depth))`` (3 of the default encoder's 4); the number is what
             the saved config holds.
         target_layer_output: which output of each layer is a target: ``"ffn"``, the feed-forward block's output
-            before the last residual connection and layer norm (the paper's choice, sec. 5.4 / fairseq's
-            ``fc_results``; for encoders laid out as BERT, ``layer.output.dense``), or ``"block"``, the layer's own
-            output (``hidden_states``).
+            before the last residual connection and layer norm (the paper's choice after its ablation of target
+            features; fairseq's ``fc_results``; for encoders laid out as BERT, ``layer.output.dense``), or
+            ``"block"``, the layer's own output (``hidden_states``).
         target_norm: the normalisation of each target layer before averaging: ``"layer_norm"`` (text, fairseq's
             ``layer_norm_target_layer``) or ``"instance_norm"`` (over the tokens of a sequence, as for speech).
         loss_beta: smooth L1's beta; 0 means the squared error (fairseq's default 0, its text recipe 4).

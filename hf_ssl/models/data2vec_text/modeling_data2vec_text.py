@@ -10,8 +10,8 @@ last layer predicts them at the masked positions only. Checked against fairseq's
 ``fc_results``, the feed-forward output before the last residual connection, our ``target_layer_output="ffn"``).
 
 Where we differ from that file: every selected token is predicted (``labels != -100``, the 10% random and 10% kept
-ones included, as BERT's MLM and the paper's sec. 4.3 describe), where fairseq predicts the positions holding the mask
-token (its text recipe masks with neither random nor kept tokens, which makes the two the same); the teacher is the
+ones included, as BERT's MLM and the paper's text setup describe), where fairseq predicts the positions holding the
+mask token (its text recipe masks with neither random nor kept tokens, which makes the two the same); the teacher is the
 EMA of the whole encoder, embeddings included (fairseq's ``ema_transformer_layers_only`` copies the student's
 embeddings into the teacher instead).
 """
