@@ -198,8 +198,9 @@ def test_ffn_targets_are_the_feed_forward_output_before_the_last_residual():
     )
 
 
-def test_teacher_runs_in_eval_mode_and_follows_the_ema():
-    model = Data2VecTextForPreTraining(tiny_config()).train()
+@pytest.mark.parametrize("embeddings_from_student", [True, False])
+def test_teacher_runs_in_eval_mode_and_follows_the_ema(embeddings_from_student):
+    model = Data2VecTextForPreTraining(tiny_config(teacher_embeddings_from_student=embeddings_from_student)).train()
     batch = masked_batch(batch_size=2)
     torch.manual_seed(1)
     first = model.teacher_targets(batch["input_ids"], batch["attention_mask"])
@@ -212,8 +213,14 @@ def test_teacher_runs_in_eval_mode_and_follows_the_ema():
     model(**batch).loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
     model.update_teacher(0.9)
+    moved = 0
     for k, p in model.teacher.data2vec_text.named_parameters():
-        torch.testing.assert_close(p, 0.9 * before[k] + 0.1 * student[k], rtol=0, atol=1e-6)
+        if embeddings_from_student and k.startswith("encoder.embeddings."):
+            assert torch.equal(p, student[k]), k  # fairseq's ema_transformer_layers_only: the student's own
+        else:
+            torch.testing.assert_close(p, 0.9 * before[k] + 0.1 * student[k], rtol=0, atol=1e-6)
+            moved += not torch.equal(p, student[k])
+    assert moved > 0
 
 
 def test_config_is_checked():

@@ -48,6 +48,9 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
             (fairseq's ``loss_scale``; its text recipe sets 1).
         teacher_momentum: the EMA momentum of the first update (fairseq's ``ema_decay``, 0.999).
         teacher_momentum_final: the momentum reached at the end of the run (fairseq's ``ema_end_decay``, 0.9999).
+        teacher_embeddings_from_student: the teacher's embedding layer (token, position and segment embeddings and
+            their layer norm) is the student's, copied at every update, and only the transformer layers are averaged
+            (fairseq's ``ema_transformer_layers_only``, on by default there); ``False`` averages the embeddings too.
         mlm_probability: fraction of the (non-special) tokens masked and predicted (0.15, as BERT).
         mask_replace_prob: of those, the fraction replaced by the mask token (0.8).
         random_replace_prob: of those, the fraction replaced by a random token (0.1); the rest keep their token.
@@ -66,6 +69,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         loss_scale: float | None = None,
         teacher_momentum: float = 0.999,
         teacher_momentum_final: float = 0.9999,
+        teacher_embeddings_from_student: bool = True,
         mlm_probability: float = 0.15,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
@@ -79,6 +83,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         self.loss_scale = loss_scale
         self.teacher_momentum = teacher_momentum
         self.teacher_momentum_final = teacher_momentum_final
+        self.teacher_embeddings_from_student = teacher_embeddings_from_student
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
@@ -104,6 +109,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
             check_range("loss_scale", self.loss_scale, 0.0, low_inclusive=False)
         check_range("teacher_momentum", self.teacher_momentum, 0.0, 1.0)
         check_range("teacher_momentum_final", self.teacher_momentum_final, self.teacher_momentum, 1.0)
+        check_choice("teacher_embeddings_from_student", self.teacher_embeddings_from_student, (True, False))
         check_range("mlm_probability", self.mlm_probability, 0.0, 1.0, low_inclusive=False)
         check_range("mask_replace_prob", self.mask_replace_prob, 0.0, 1.0)
         check_range("random_replace_prob", self.random_replace_prob, 0.0, 1.0)

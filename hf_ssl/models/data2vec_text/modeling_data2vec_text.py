@@ -11,9 +11,9 @@ last layer predicts them at the masked positions only. Checked against fairseq's
 
 Where we differ from that file: every selected token is predicted (``labels != -100``, the 10% random and 10% kept
 ones included, as BERT's MLM and the paper's text setup describe), where fairseq predicts the positions holding the
-mask token (its text recipe masks with neither random nor kept tokens, which makes the two the same); the teacher is the
-EMA of the whole encoder, embeddings included (fairseq's ``ema_transformer_layers_only`` copies the student's
-embeddings into the teacher instead).
+mask token (its text recipe masks with neither random nor kept tokens, which makes the two the same). As there
+(``ema_transformer_layers_only``), the teacher's embedding layer is the student's, copied at every update, unless
+``config.teacher_embeddings_from_student`` is off.
 """
 
 from __future__ import annotations
@@ -115,13 +115,21 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         self.regression_head = Data2VecTextRegressionHead(config.encoder.hidden_size)
         if config.target_layer_output == "ffn":
             _ffn_outputs(self.data2vec_text.encoder)  # refuse an encoder without BERT's layout now, not mid-run
+        if config.teacher_embeddings_from_student:
+            _embeddings(self.data2vec_text.encoder)
         self.teacher = MomentumTeacher(self, ["data2vec_text"])
         self.post_init()
         self.teacher.reset_from(self)  # post_init initialised the copy anew: start it equal to the student
 
+    @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """One EMA step of the teacher towards the student (called after each optimizer step)."""
+        """One EMA step of the teacher towards the student (called after each optimizer step); with
+        ``config.teacher_embeddings_from_student``, the teacher's embedding layer then becomes the student's."""
         self.teacher.update(self, momentum)
+        if self.config.teacher_embeddings_from_student:
+            theirs = _embeddings(self.data2vec_text.encoder).state_dict()
+            for name, tensor in _embeddings(self.teacher.data2vec_text.encoder).state_dict().items():
+                tensor.copy_(theirs[name])
 
     @torch.no_grad()
     def teacher_targets(
@@ -242,6 +250,22 @@ def _ffn_outputs(encoder: PreTrainedModel) -> list[nn.Module]:
             f"{type(encoder).__name__} is not: use target_layer_output 'block'"
         )
     return dense
+
+
+def _embeddings(encoder: PreTrainedModel) -> nn.Module:
+    """The encoder's embedding layer (``encoder.embeddings``: token, position and segment embeddings and their layer
+    norm, in BERT, RoBERTa, data2vec text and DistilBERT).
+
+    Raises:
+        UsageError: an encoder without one.
+    """
+    embeddings = getattr(encoder, "embeddings", None)
+    if not isinstance(embeddings, nn.Module):
+        raise UsageError(
+            f"teacher_embeddings_from_student needs the encoder's embedding layer at .embeddings, which "
+            f"{type(encoder).__name__} does not have: set teacher_embeddings_from_student to false"
+        )
+    return embeddings
 
 
 def _run_collecting(module: nn.Module, taps: list[nn.Module], **inputs: Any) -> list[torch.Tensor]:
