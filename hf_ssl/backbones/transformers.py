@@ -22,7 +22,7 @@ from hf_ssl.errors import UsageError
 logger = logging.getLogger(__name__)
 
 # families whose position ids start after the padding index, so a sequence needs pad_token_id + 1 more positions
-_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm")
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text")
 
 DEFAULT_ENCODER: dict[str, Any] = {
     "hidden_size": 256,
