@@ -128,6 +128,7 @@ def config_arguments(config_class: type) -> type:
         else:
             kind = {"bool": bool, "int": int, "float": float}.get(annotation.split(" ")[0], str)
         help_text = docs.get(name, "") + ("" if param.default is None else f" (default: {param.default})")
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: a docstring's "i % n" is text
         fields.append((name, kind | None, field(default=None, metadata={"help": help_text})))
     arguments = dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
     arguments._argument_group_name = f"objective ({config_class.__name__}; saved in config.json)"

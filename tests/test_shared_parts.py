@@ -20,15 +20,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "hf_ssl"
 SHARED_PART_MODULES = ("losses", "teachers", "gradient_cache", "masking", "heads")
 """The shared modules that hold objective parts (those of them that exist are checked)."""
 
-AWAITING_MOMENTUM_TEACHER_OBJECTIVES = {
-    "hf_ssl.teachers.MomentumTeacher",
-    "hf_ssl.teachers.MomentumTeacherCallback",
-    "hf_ssl.teachers.cosine_momentum",
-}
-"""Parts built ahead for the momentum-teacher objectives (DINO, data2vec), which have no objective user yet.
-:func:`test_parts_built_ahead_are_still_waiting_for_their_users` fails once they have two: then delete this set."""
-
-
 def module_name(path: Path, root: Path) -> str:
     """``root/models/mae/modeling_mae.py`` -> ``<root's name>.models.mae.modeling_mae`` (a package: its folder)."""
     parts = path.relative_to(root.parent).with_suffix("").parts
@@ -171,19 +162,12 @@ def test_every_shared_part_has_two_objective_users():
     lonely = {
         part: sorted(by)
         for part, by in users.items()
-        if len(by) < 2 and part not in AWAITING_MOMENTUM_TEACHER_OBJECTIVES
+        if len(by) < 2
     }
     assert not lonely, (
         "parts of shared modules with fewer than two objective users (move each into its objective's folder, or, "
         f"if only shared package code and one objective use it, next to that shared code): {lonely}"
     )
-
-
-def test_parts_built_ahead_are_still_waiting_for_their_users():
-    users = shared_part_users()
-    assert AWAITING_MOMENTUM_TEACHER_OBJECTIVES <= users.keys(), "a part listed as built ahead no longer exists"
-    arrived = {part: sorted(users[part]) for part in AWAITING_MOMENTUM_TEACHER_OBJECTIVES if len(users[part]) >= 2}
-    assert not arrived, f"these parts now have two objective users: delete them from the exemption: {arrived}"
 
 
 def write(root: Path, files: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ a tiny config and a batch of inputs (with every random input injected); pytest t
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -112,6 +113,19 @@ class ObjectiveChecks:
         config = self.tiny_config()
         assert isinstance(config, self.objective.config_class)
         assert config.model_type.startswith("hf_ssl_")  # never collides with transformers' own keys
+
+    def test_pretrain_help_lists_every_config_flag(self, capsys):
+        """``hf-ssl pretrain <objective> --help`` exits 0 and shows a flag for each config argument (argparse formats
+        help texts with ``%``, so a docstring's ``%`` must not break it)."""
+        from hf_ssl.cli import main
+
+        with pytest.raises(SystemExit) as exit_info:
+            main(["pretrain", self.objective.name, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        arguments = inspect.signature(self.objective.config_class.__init__).parameters
+        missing = [name for name in arguments if name not in ("self", "kwargs") and f"--{name} " not in text]
+        assert not missing, missing
 
     def test_config_round_trip(self, tmp_path):
         config = self.tiny_config()
