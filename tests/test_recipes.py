@@ -41,6 +41,7 @@ TINY = {
     ],
     "mlm": ["--train_split", "train[:100]", "--vocab_size", "500", "--per_device_train_batch_size", "4"],
     "simcse": ["--train_split", "train[:200]"],
+    "dino": ["--train_split", "train[:16]", "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16"],
     "wav2vec": [
         "--train_split", "train[:8]", "--per_device_train_batch_size", "4", "--num_codevectors_per_group", "8",
         "--codevector_dim", "16", "--proj_codevector_dim", "16", "--num_negatives", "3",
@@ -76,9 +77,9 @@ def read(config: Path) -> dict[str, Any]:
 
 
 def objective_of(config: Path) -> str:
-    name = config.stem.split("_")[0]
-    assert name in OBJECTIVES, f"{config.name}: its name must start with an objective ({', '.join(OBJECTIVES)})"
-    return name
+    names = [name for name in OBJECTIVES if config.stem.startswith(f"{name}_")]  # data2vec_text_x: data2vec_text
+    assert names, f"{config.name}: its name must start with an objective and _ ({', '.join(OBJECTIVES)})"
+    return max(names, key=len)
 
 
 def as_list(value: Any) -> list[str]:
