@@ -40,8 +40,17 @@ TINY = {
         "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
     ],
     "mlm": ["--train_split", "train[:100]", "--vocab_size", "500", "--per_device_train_batch_size", "4"],
+    "data2vec_text": [
+        "--train_split", "train[:100]", "--vocab_size", "500", "--per_device_train_batch_size", "4",
+        "--top_k_layers", "1",
+    ],
     "simcse": ["--train_split", "train[:200]"],
-    "dino": ["--train_split", "train[:16]", "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16"],
+    "dino": [
+        "--train_split", "train[:16]", "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
+    ],
+    "data2vec_audio": [
+        "--train_split", "train[:8]", "--per_device_train_batch_size", "4", "--average_top_k_layers", "1",
+    ],
     "wav2vec": [
         "--train_split", "train[:8]", "--per_device_train_batch_size", "4", "--num_codevectors_per_group", "8",
         "--codevector_dim", "16", "--proj_codevector_dim", "16", "--num_negatives", "3",
@@ -50,6 +59,21 @@ TINY = {
 # the recipe's own network description (a JSON string or a YAML mapping), made small: only the sizes change
 TINY_NETWORK = {
     "mlm": ("encoder", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}),
+    "data2vec_text": (
+        "encoder",
+        {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    ),
+    "data2vec_audio": (
+        "backbone",
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "num_conv_pos_embeddings": 2,
+            "num_conv_pos_embedding_groups": 4,
+        },
+    ),
     "wav2vec": (
         "backbone",
         {

@@ -2,4 +2,4 @@
 (Auto classes, CLI, evaluation, export, the names :mod:`hf_ssl` re-exports). Adding an objective adds its folder
 and its name here."""
 
-from hf_ssl.models import data2vec_text, dino, mae, mlm, simclr, simcse, wav2vec  # noqa: F401
+from hf_ssl.models import data2vec_audio, data2vec_text, dino, mae, mlm, simclr, simcse, wav2vec  # noqa: F401

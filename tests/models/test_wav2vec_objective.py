@@ -23,8 +23,9 @@ from transformers import AutoConfig, Wav2Vec2Model
 from hf_ssl import UsageError, Wav2VecConfig, Wav2VecForPreTraining
 from hf_ssl.cli import main
 from hf_ssl.data import AudioDataArguments, load_default_audio
+from hf_ssl.masking import compute_span_mask
 from hf_ssl.models.wav2vec import WAV2VEC
-from hf_ssl.models.wav2vec.masking import compute_span_mask, sample_negative_indices
+from hf_ssl.models.wav2vec.masking import sample_negative_indices
 
 TINY_FLAGS = tiny_wav2vec_flags(NO_DROPOUT)
 RUN_FLAGS = ["--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",

@@ -2,9 +2,10 @@
 
 The backbone is transformers' own ``Wav2Vec2Model``, built from the ``Wav2Vec2Config`` in
 ``Wav2VecConfig.backbone``; on top of it: a Gumbel-softmax product quantizer of the convolutional features, span
-masking and distractor sampling drawn on the model's device (:mod:`~hf_ssl.models.wav2vec.masking`), the
-contrastive and diversity losses (:mod:`~hf_ssl.models.wav2vec.loss`) and fairseq's feature penalty. Formulas
-checked against transformers ``models/wav2vec2/modeling_wav2vec2.py`` (``Wav2Vec2GumbelVectorQuantizer``,
+masking and distractor sampling drawn on the model's device (:mod:`~hf_ssl.masking`,
+:mod:`~hf_ssl.models.wav2vec.masking`), the contrastive and diversity losses (:mod:`~hf_ssl.models.wav2vec.loss`)
+and fairseq's feature penalty. Formulas checked against transformers ``models/wav2vec2/modeling_wav2vec2.py``
+(``Wav2Vec2GumbelVectorQuantizer``,
 ``Wav2Vec2ForPreTraining``) and fairseq ``models/wav2vec/wav2vec2.py``.
 """
 
@@ -22,9 +23,10 @@ from transformers.utils import ModelOutput
 
 from hf_ssl.health import HealthOutput
 from hf_ssl.losses import full_precision, mean_over_items
+from hf_ssl.masking import compute_span_mask
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.loss import codevector_perplexity, wav2vec_contrastive_loss, wav2vec_diversity_loss
-from hf_ssl.models.wav2vec.masking import compute_span_mask, sample_negative_indices
+from hf_ssl.models.wav2vec.masking import sample_negative_indices
 
 
 @dataclass
