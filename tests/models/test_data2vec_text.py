@@ -11,6 +11,7 @@ from tiny_text import VOCAB, tokenizer
 from transformers import Data2VecTextConfig, Data2VecTextModel
 
 from hf_ssl.backbones.transformers import check_sequence_length, max_sequence_length
+from hf_ssl.data.masked_text import TokenMaskingCollator
 from hf_ssl.data.text import load_default_text, tokenize_dataset
 from hf_ssl.errors import UsageError
 from hf_ssl.models.data2vec_text.configuration_data2vec_text import Data2VecTextPretrainingConfig
@@ -19,7 +20,6 @@ from hf_ssl.models.data2vec_text.modeling_data2vec_text import (
     Data2VecTextForPreTraining,
     Data2VecTextPretrainingModel,
 )
-from hf_ssl.models.mlm.collator import MLMCollator
 
 TINY_D2V = {
     "model_type": "data2vec-text",
@@ -43,8 +43,10 @@ def packed_blocks(max_seq_length: int = 32):
 
 
 def masked_batch(batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real sentences, packed into blocks of 32 and masked by MLM's collator (80/10/10) with a seeded generator."""
-    collate = MLMCollator.from_config(tokenizer(), tiny_config(), generator=torch.Generator().manual_seed(seed))
+    """Real sentences, packed into blocks of 32 and masked as MLM's (80/10/10) with a seeded generator."""
+    collate = TokenMaskingCollator.from_config(
+        tokenizer(), tiny_config(), generator=torch.Generator().manual_seed(seed)
+    )
     blocks = packed_blocks()
     return collate([blocks[i] for i in range(batch_size)])
 
@@ -133,6 +135,10 @@ def test_shapes_and_only_masked_positions_count():
     out = model(**batch)
     assert out.loss.shape == () and out.predictions.shape == (n, 32) and out.targets.shape == (n, 32)
     assert out.last_hidden_state.shape == (*batch["input_ids"].shape, 32)
+    # the logged spreads (fairseq's target_var / pred_var): per-feature std over the masked tokens, averaged
+    torch.testing.assert_close(out.target_std, out.targets.std(dim=0, unbiased=False).mean())
+    torch.testing.assert_close(out.prediction_std, out.predictions.detach().std(dim=0, unbiased=False).mean())
+    assert out.prediction_std.requires_grad is False and 0 < out.prediction_std
 
     # the loss is the regression of the head's outputs at the selected positions onto the teacher's targets there
     full_targets = model.teacher_targets(
@@ -318,3 +324,21 @@ def test_starting_from_an_encoder_checkpoint_starts_student_and_teacher(tmp_path
     for tower in (model.data2vec_text.encoder, model.teacher.data2vec_text.encoder):
         for name, tensor in tower.state_dict().items():
             assert torch.equal(tensor, reference[name]), name
+
+
+def test_no_objective_folder_imports_another_one():
+    """data2vec text and MLM share their masked-text data through hf_ssl.data.masked_text, not each other's folder."""
+    import ast
+    from pathlib import Path
+
+    import hf_ssl.models
+
+    root = Path(hf_ssl.models.__file__).parent
+    for name in ("data2vec_text", "mlm"):
+        for path in (root / name).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                modules += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                for module in modules:
+                    if module.startswith("hf_ssl.models."):
+                        assert module.split(".")[2] == name, f"{path.name} imports {module}"

@@ -69,12 +69,22 @@ _FINE_TUNE_EXPORT = textwrap.dedent(
     ds = Dataset.from_dict({"text": texts, "label": [int(len(t) > 12) for t in texts]})
     ds = ds.map(lambda row: tokenizer(row["text"], truncation=True, max_length=16), remove_columns=["text"])
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    args = TrainingArguments(out + ".ft", max_steps=3, per_device_train_batch_size=4, report_to="none",
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1)
+    assert type(classifier).__name__ == "Data2VecTextForSequenceClassification", type(classifier).__name__
+    exported = {k: v.clone() for k, v in classifier.data2vec_text.state_dict().items()}
+    torch.testing.assert_close(exported["embeddings.word_embeddings.weight"], model.embeddings.word_embeddings.weight)
+    args = TrainingArguments(out + ".ft", max_steps=12, per_device_train_batch_size=4, learning_rate=1e-3,
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
+                             seed=0)
     trainer = Trainer(model=classifier, args=args, train_dataset=ds, processing_class=tokenizer)
+    before = trainer.evaluate(ds)["eval_loss"]
     result = trainer.train()
-    assert result.global_step == 3 and result.training_loss == result.training_loss  # finite
-    print("FINE_TUNED", result.training_loss)
+    after = trainer.evaluate(ds)["eval_loss"]
+    assert result.global_step == 12 and after < before, (before, after)  # the plain Trainer fits the labels
+    tuned = classifier.data2vec_text.state_dict()
+    changed = [k for k in exported if not torch.equal(exported[k], tuned[k])]
+    assert "encoder.layer.0.attention.self.query.weight" in changed, changed  # the pretrained encoder was fine-tuned
+    assert "embeddings.word_embeddings.weight" in changed, changed
+    print("FINE_TUNED", before, after)
     """
 )
 

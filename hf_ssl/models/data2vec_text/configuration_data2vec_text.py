@@ -30,7 +30,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
     normalised.
 
     Args:
-        encoder: the encoder's config, as :class:`~hf_ssl.models.mlm.MLMConfig`'s ``encoder`` (a dict carrying its
+        encoder: the encoder's config, as :class:`~hf_ssl.MLMConfig`'s ``encoder`` (a dict carrying its
             ``model_type``, a ``PretrainedConfig`` or a model name/path). ``None`` gives a small
             ``Data2VecTextConfig`` (hidden 256, 4 layers, 4 heads, intermediate 1024, vocabulary 30,522).
         top_k_layers: how many of the teacher's last layers are averaged into the targets (K, fairseq's
@@ -87,7 +87,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
-        self.whole_word_masking = False  # read by MLMCollator.from_config
+        self.whole_word_masking = False  # read by TokenMaskingCollator.from_config
         super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
         depth = getattr(self.encoder, "num_hidden_layers", None)
         if self.top_k_layers is None:

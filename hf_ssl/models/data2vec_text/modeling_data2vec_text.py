@@ -1,13 +1,14 @@
 """data2vec for text (Baevski et al., 2022, "data2vec: A General Framework for Self-supervised Learning in Speech,
 Vision and Language", arXiv:2202.03555) on any Hugging Face text encoder, a ``Data2VecTextModel`` by default.
 
-The student encoder reads the masked tokens (BERT's masking, drawn by :class:`~hf_ssl.models.mlm.collator.MLMCollator`);
-its momentum teacher (:class:`~hf_ssl.teachers.MomentumTeacher`, an EMA copy of the encoder, run in eval mode without
-gradients) reads the original tokens; the targets are the average of the teacher's top-K layer outputs, each
-normalised (:func:`~hf_ssl.models.data2vec_text.loss.data2vec_targets`); a linear regression head on the student's
-last layer predicts them at the masked positions only. Checked against fairseq's
-``examples/data2vec/models/data2vec_text.py`` (``Data2VecTextEncoder.forward``; the targets there are the layers'
-``fc_results``, the feed-forward output before the last residual connection, our ``target_layer_output="ffn"``).
+The student encoder reads the masked tokens (BERT's masking, drawn by
+:class:`~hf_ssl.data.masked_text.TokenMaskingCollator`); its momentum teacher
+(:class:`~hf_ssl.teachers.MomentumTeacher`, an EMA copy of the encoder, run in eval mode without gradients) reads the
+original tokens; the targets are the average of the teacher's top-K layer outputs, each normalised
+(:func:`~hf_ssl.models.data2vec_text.loss.data2vec_targets`); a linear regression head on the student's last layer
+predicts them at the masked positions only. Checked against fairseq's ``examples/data2vec/models/data2vec_text.py``
+(``Data2VecTextEncoder.forward``; the targets there are the layers' ``fc_results``, the feed-forward output before the
+last residual connection, our ``target_layer_output="ffn"``).
 
 Where we differ from that file: every selected token is predicted (``labels != -100``, the 10% random and 10% kept
 ones included, as BERT's MLM and the paper's text setup describe), where fairseq predicts the positions holding the
@@ -48,7 +49,9 @@ class Data2VecTextForPreTrainingOutput(ModelOutput):
         loss: the regression loss summed over the masked tokens' features (times ``loss_scale``), divided by the
             step's masked-token count (``num_items_in_batch``) or this batch's; scalar.
         target_std: the standard deviation of the targets over the masked tokens, per feature, averaged (no
-            gradient): near 0 means the teacher's representations collapsed.
+            gradient): near 0 means the teacher's representations collapsed (fairseq logs it as ``target_var``).
+        prediction_std: the same spread of the regression head's outputs (no gradient; fairseq's ``pred_var``): it
+            should approach ``target_std`` as the student learns.
         predictions: ``(N, H)`` the regression head's outputs at the N masked positions, in the row-major order of
             ``labels != -100``.
         targets: ``(N, H)`` the teacher's targets there (float32, no gradient).
@@ -57,6 +60,7 @@ class Data2VecTextForPreTrainingOutput(ModelOutput):
 
     loss: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
+    prediction_std: torch.Tensor | None = None
     predictions: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
@@ -172,7 +176,7 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         **kwargs: Any,
     ) -> Data2VecTextForPreTrainingOutput:
         """Args:
-            input_ids: ``(B, L)`` token ids, already masked (:class:`~hf_ssl.models.mlm.collator.MLMCollator`).
+            input_ids: ``(B, L)`` token ids, already masked (:class:`~hf_ssl.data.masked_text.TokenMaskingCollator`).
             labels: ``(B, L)``, the original token at each masked position and -100 elsewhere (the teacher reads
                 the original tokens: ``input_ids`` with the labels put back).
             attention_mask: ``(B, L)``, 1 for tokens, 0 for padding.
@@ -192,13 +196,19 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         if count == 0:
             # nothing to predict: a zero loss that still reaches every parameter (keeps DDP's gradient sync intact)
             loss = self.regression_head(hidden).sum() * 0.0
-            target_std = loss.detach()
+            target_std = prediction_std = loss.detach()
         else:
             summed = regression_loss(predictions, targets, self.config.loss_beta, self.config.loss_scale)
             loss = mean_over_items(summed, count, num_items_in_batch)
-            target_std = targets.std(dim=0, unbiased=False).mean() if count > 1 else targets.new_zeros(())
+            target_std = _feature_std(targets)
+            prediction_std = _feature_std(predictions.detach())
         return Data2VecTextForPreTrainingOutput(
-            loss=loss, target_std=target_std, predictions=predictions, targets=targets, last_hidden_state=hidden
+            loss=loss,
+            target_std=target_std,
+            prediction_std=prediction_std,
+            predictions=predictions,
+            targets=targets,
+            last_hidden_state=hidden,
         )
 
     def health(self, batch: dict[str, Any]) -> HealthOutput:
@@ -233,6 +243,13 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
     def num_items(self, batch: dict[str, Any]) -> torch.Tensor:
         """The tokens this batch predicts (its labels that are not -100)."""
         return (batch["labels"] != IGNORE_INDEX).sum()
+
+
+def _feature_std(values: torch.Tensor) -> torch.Tensor:
+    """``(N, H) -> ()``: the standard deviation over the N rows of each feature, averaged (0 for one row)."""
+    if values.shape[0] < 2:
+        return values.new_zeros(())
+    return values.float().std(dim=0, unbiased=False).mean()
 
 
 def _ffn_outputs(encoder: PreTrainedModel) -> list[nn.Module]:

@@ -1,16 +1,18 @@
-"""data2vec text as an objective: MLM's data (text tokenised and packed, BERT's masks drawn per batch by MLM's
-collator), the momentum teacher's schedule, evaluation of the student encoder's pooled features, and the export of
-the student encoder as its family's own checkpoint (a plain ``Data2VecTextModel`` folder by default) with the
-tokenizer."""
+"""data2vec text as an objective: the masked-text data MLM uses too (:mod:`hf_ssl.data.masked_text`: text tokenised
+and packed, BERT's masks drawn per batch by the collator), the momentum teacher's schedule, evaluation of the student
+encoder's pooled features, and the export of the student encoder as its family's own checkpoint (a plain
+``Data2VecTextModel`` folder by default) with the tokenizer."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+from datasets import Dataset, IterableDataset
 from transformers import PretrainedConfig
 
 from hf_ssl.backbones.transformers import max_sequence_length, training_length
+from hf_ssl.data.masked_text import MaskedTextDataArguments, prepare_masked_text
 from hf_ssl.data.text import DEFAULT_TEXT_DATASET, load_default_text, use_saved_tokenizer
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.export import ExportContext, Exporter, load_pretraining_model
@@ -21,11 +23,30 @@ from hf_ssl.models.data2vec_text.modeling_data2vec_text import (
     Data2VecTextForPreTraining,
     Data2VecTextPretrainingModel,
 )
-from hf_ssl.models.mlm.objective import MLMDataArguments, prepare_data
-from hf_ssl.objectives import EncoderObjective
+from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunContext
 from hf_ssl.teachers import MomentumTeacherCallback
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_data(
+    ds: Dataset | IterableDataset,
+    config: Data2VecTextPretrainingConfig,
+    args: MaskedTextDataArguments,
+    run: RunContext = NEW_MODEL,
+) -> PreparedData:
+    """The masked-text preparation MLM uses (:func:`~hf_ssl.data.masked_text.prepare_masked_text`): rows checked, a
+    tokenizer found or trained (the encoder's vocabulary sized to it), lines tokenised and packed, BERT's masks drawn
+    per batch by the collator from the config's ``mlm_probability`` / ``mask_replace_prob`` / ``random_replace_prob``
+    (the student reads the masked ids; the teacher the original ones, rebuilt from the labels)."""
+    prepared = prepare_masked_text(ds, config, args, run.model_name_or_path)
+    return PreparedData(
+        dataset=prepared.dataset,
+        collator=prepared.collator,
+        columns={"text": prepared.column},
+        num_skipped=prepared.num_skipped,
+        processing_class=prepared.tokenizer,
+    )
 
 
 def export(context: ExportContext) -> None:
@@ -35,10 +56,13 @@ def export(context: ExportContext) -> None:
     tokenizer = load_tokenizer_if_any(context.model_dir, context.config)
     config: Data2VecTextPretrainingConfig = model.config
     encoder = config.encoder
+    # read the pretraining crop before saving: the export sets the tokenizer's model_max_length to the encoder's limit
+    trained_length = training_length(tokenizer, encoder) if tokenizer is not None else None
     save_transformers_model(model.data2vec_text.encoder, context.output_dir, tokenizer)
     write_card(
         context,
-        model_name=f"data2vec {encoder.model_type}",
+        # data2vec-text encoders are named by their family alone ("data2vec data2vec-text" says it twice)
+        model_name=family if (family := encoder.model_type).startswith("data2vec") else f"data2vec {family}",
         library_name="transformers",
         pipeline_tag="feature-extraction",
         tags=["hf_ssl", "self-supervised", "data2vec", encoder.model_type],
@@ -48,9 +72,10 @@ def export(context: ExportContext) -> None:
         has_tokenizer=tokenizer is not None,
         hidden_size=encoder.hidden_size,
         num_layers=getattr(encoder, "num_hidden_layers", None),
+        num_heads=getattr(encoder, "num_attention_heads", None),
         vocab_size=encoder.vocab_size,
         max_length=max_sequence_length(encoder),
-        training_length=training_length(tokenizer, encoder) if tokenizer is not None else None,
+        training_length=trained_length,
         config=config,
     )
 
@@ -76,7 +101,7 @@ DATA2VEC_TEXT = Data2VecTextObjective(
     model_class=Data2VecTextForPreTraining,
     base_model_class=Data2VecTextPretrainingModel,
     modality="text",
-    data_arguments=MLMDataArguments,
+    data_arguments=MaskedTextDataArguments,
     prepare_data=prepare_data,
     features=FeatureSpec(
         "text", description="mean of the student encoder's last hidden states over the non-padding tokens"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,28 +14,13 @@ import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from transformers import AutoModelForPreTraining, PretrainedConfig
 
-from hf_ssl.backbones.transformers import (
-    check_sequence_length,
-    fit_encoder_to_tokenizer,
-    max_sequence_length,
-    training_length,
-)
-from hf_ssl.data.text import (
-    DEFAULT_TEXT_DATASET,
-    TextDataArguments,
-    load_default_text,
-    load_tokenizer,
-    prepare_text_rows,
-    resolve_tokenizer,
-    tokenize_dataset,
-    use_saved_tokenizer,
-)
-from hf_ssl.errors import check_range
+from hf_ssl.backbones.transformers import max_sequence_length, training_length
+from hf_ssl.data.masked_text import IGNORE_INDEX, MaskedTextDataArguments, TokenMaskingCollator, prepare_masked_text
+from hf_ssl.data.text import DEFAULT_TEXT_DATASET, load_default_text, load_tokenizer, use_saved_tokenizer
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.export import ExportContext, Exporter, load_pretraining_model
 from hf_ssl.export.model_card import write_card
 from hf_ssl.export.transformers import TRANSFORMERS_FILES, load_tokenizer_if_any
-from hf_ssl.models.mlm.collator import IGNORE_INDEX, MLMCollator
 from hf_ssl.models.mlm.configuration_mlm import MLMConfig
 from hf_ssl.models.mlm.export import save_encoder_export
 from hf_ssl.models.mlm.modeling_mlm import MLMForPreTraining, MLMModel
@@ -47,18 +32,9 @@ EVAL_MASKING_SEED = 0
 EVAL_BATCH_SIZE = 128
 
 
-@dataclass
-class MLMDataArguments(TextDataArguments):
-    """The shared text flags (:class:`~hf_ssl.data.text.TextDataArguments`) and MLM's own."""
-
-    pad_to_multiple_of: int | None = field(
-        default=None, metadata={"help": "Pad each batch's length up to a multiple of this (8 suits tensor cores)."}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.pad_to_multiple_of is not None:
-            check_range("--pad_to_multiple_of", self.pad_to_multiple_of, 1)
+MLMDataArguments = MaskedTextDataArguments
+"""MLM's data flags: the shared text flags and ``--pad_to_multiple_of``
+(:class:`~hf_ssl.data.masked_text.MaskedTextDataArguments`)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -69,34 +45,16 @@ class MLMDataArguments(TextDataArguments):
 def prepare_data(
     ds: Dataset | IterableDataset, config: MLMConfig, args: MLMDataArguments, run: RunContext = NEW_MODEL
 ) -> PreparedData:
-    """Text rows checked and cleaned, a tokenizer found or trained (the encoder's vocabulary sized to it), lines
-    tokenised with ``datasets.map`` (packed into blocks, or one per line), masks drawn per batch in the collator.
-
-    With ``run.model_name_or_path`` (the checkpoint the run starts from), its tokenizer is used unless another is
-    named, and must fit its embeddings.
-    """
-    ds, column, skipped = prepare_text_rows(ds, args)
-    checkpoint = run.model_name_or_path
-    tokenizer, source = resolve_tokenizer(args, ds, column, checkpoint)
-    logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
-    fit_encoder_to_tokenizer(config, tokenizer, from_checkpoint=checkpoint is not None)
-    check_sequence_length(config, args.max_seq_length)
-    tokenized = tokenize_dataset(
-        ds,
-        tokenizer,
-        column,
-        args.max_seq_length,
-        mode="pack" if args.packing else "line",
-        num_proc=args.preprocessing_num_workers,
-        keep_word_ids=config.whole_word_masking,
-    )
-    collator = MLMCollator.from_config(tokenizer, config, pad_to_multiple_of=args.pad_to_multiple_of)
+    """The shared masked-text preparation (:func:`~hf_ssl.data.masked_text.prepare_masked_text`): rows checked, a
+    tokenizer found or trained (the encoder's vocabulary sized to it), lines tokenised and packed, masks drawn per
+    batch by the collator. With ``run.model_name_or_path``, its tokenizer is used unless another is named."""
+    prepared = prepare_masked_text(ds, config, args, run.model_name_or_path)
     return PreparedData(
-        dataset=tokenized,
-        collator=collator,
-        columns={"text": column},
-        num_skipped=skipped,
-        processing_class=tokenizer,
+        dataset=prepared.dataset,
+        collator=prepared.collator,
+        columns={"text": prepared.column},
+        num_skipped=prepared.num_skipped,
+        processing_class=prepared.tokenizer,
     )
 
 
@@ -133,7 +91,7 @@ def masked_lm_metrics(model: Any, ds: Dataset, column: str, preprocess: Any) -> 
     device = next(model.parameters()).device
     head_model = head_model.to(device).eval()
     config = head_model.config
-    collator = MLMCollator(
+    collator = TokenMaskingCollator(
         tokenizer,
         mlm_probability=config.mlm_probability,
         mask_replace_prob=config.mask_replace_prob,
