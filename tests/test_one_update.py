@@ -14,10 +14,10 @@ callbacks (the teacher's EMA after each step, ``hf_ssl.teachers.MomentumTeacherC
 low base momentum (0.5) so that the teacher moves well away from both its start and the student, and the second
 step's loss reads a teacher that the first step's EMA made. Every rank saves its own weights: the teacher (and DINO's
 center, averaged over processes, ``hf_ssl.models.dino.loss.teacher_batch_center``) must be the same on both ranks
-and equal to the 1-process run's. DINO runs N=2 x A=1 x B=4: its center takes one EMA step per micro-batch (from the
-batch mean of that micro-batch's teacher outputs, all-reduced), so accumulation would give it other updates than one
-process; a mutant whose center skips the all-reduce must end with another center than one process (not necessarily
-other than its other rank's: DDP broadcasts rank 0's buffers, the center among them, before every forward).
+and equal to the 1-process run's. DINO runs N=2 x A=2 x B=2 like the others: its center takes one EMA step per
+optimizer step from the teacher outputs of every micro-batch, averaged over processes; a mutant whose center skips
+the all-reduce must end with another center than one process (not necessarily other than its other rank's: DDP
+broadcasts rank 0's buffers, the center among them, before every forward).
 
 A mutant that goes back to a mean of per-micro-batch means (the Trainer not passing ``num_items_in_batch``) must give
 other weights for MLM and wav2vec. The module launches this file with torchrun once (every objective in one launch)
@@ -59,7 +59,7 @@ SPLITS = {
     "wav2vec": (2, 2),
     "simclr": (4, 1),
     "simcse": (4, 1),
-    "dino": (4, 1),  # its center takes one EMA step per micro-batch: no accumulation (see the module docstring)
+    "dino": (2, 2),  # its center takes one EMA step per optimizer step, from every micro-batch (DINOScheduleCallback)
     "data2vec_text": (2, 2),
     "data2vec_audio": (2, 2),
 }

@@ -212,9 +212,38 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     batch = views(seed=2)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).loss, model(**batch).loss)
-        backbone = DINOModel.from_pretrained(tmp_path).eval()
+        backbone = DINOModel.from_pretrained(tmp_path).eval()  # the teacher's backbone, as DINO releases it
         x = batch["pixel_values"][:, 0]
-        torch.testing.assert_close(backbone(x).pooler_output, model.dino(x).pooler_output)
+        torch.testing.assert_close(backbone(x).pooler_output, model.teacher.dino(x).pooler_output)
+        assert not torch.allclose(backbone(x).pooler_output, model.dino(x).pooler_output)
+
+
+def test_evaluated_features_of_a_run_folder_are_the_exported_teachers(tmp_path):
+    import timm
+    from transformers import AutoModel
+
+    from hf_ssl.evaluation.features import load_features, model_encoder
+    from hf_ssl.export import export_backbone
+
+    torch.manual_seed(0)
+    model = DINOForPreTraining(tiny_config())
+    with torch.no_grad():  # the teacher apart from the student
+        for p in model.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "run")
+    out = export_backbone(tmp_path / "run", tmp_path / "export")
+    evaluated, spec = load_features(str(tmp_path / "run"))
+    assert "teacher" in spec.description
+    x = views(batch=4, seed=3)["pixel_values"][:, 0]
+    exported = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0).eval()
+    model.eval()
+    with torch.no_grad():
+        features = model_encoder(evaluated, spec.pool)({"pixel_values": x})
+        torch.testing.assert_close(features, exported(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features, model.teacher.dino(x).pooler_output, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(features, model.dino(x).pooler_output, atol=1e-3)  # not the student's
+        auto = AutoModel.from_pretrained(tmp_path / "run").eval()
+        torch.testing.assert_close(auto(x).pooler_output, features, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_inputs_are_refused():
@@ -299,3 +328,29 @@ def test_a_trainer_run_warms_the_temperature_up_moves_the_teacher_and_keeps_the_
     assert not torch.equal(model.head.mlp[0].weight, before["head.mlp.0.weight"])
     assert not torch.equal(model.teacher.head.mlp[0].weight, before["teacher.head.mlp.0.weight"])
     assert model.criterion.center.abs().sum() > 0
+
+
+def test_a_vit_run_with_local_crops_of_another_size_exports_the_teachers_features_to_timm(tmp_path):
+    """``dynamic_img_size`` (set for local crops of another size) travels in the export's ``model_args``: timm
+    rebuilds the same ViT and gives the teacher's features, on the global size and on the local one."""
+    import timm
+
+    from hf_ssl.export import export_backbone
+
+    config = tiny_config(backbone="vit_tiny_patch16_224", small_image_stem=True, backbone_kwargs={"depth": 1})
+    torch.manual_seed(0)
+    model = DINOForPreTraining(config).train()
+    model(**views()).loss.backward()  # a training forward (moves the center), then the teacher apart
+    with torch.no_grad():
+        for p in model.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "run")
+    out = export_backbone(tmp_path / "run", tmp_path / "export")
+    exported = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0).eval()
+    batch = views(seed=4)
+    model.eval()
+    with torch.no_grad():
+        for x in (batch["pixel_values"][:, 0], batch["local_pixel_values"][:, 0]):  # 32 px and 16 px
+            teacher = model.teacher.dino(x).pooler_output
+            torch.testing.assert_close(exported(x), teacher, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(exported(x), model.dino(x).pooler_output, atol=1e-3)

@@ -103,7 +103,19 @@ class DINOLoss(nn.Module):
     """The DINO loss with its center: :func:`dino_loss`, then the center's EMA update (Caron et al., 2021, eq. 4:
     ``C <- m C + (1 - m) mean(teacher outputs)``).
 
-    The center is a persistent buffer, so it is saved with the model and restored on resume.
+    The center is a persistent buffer, so it is saved with the model and restored on resume. Two ways to update it:
+
+    * plain (the default, as facebookresearch/dino's and lightly's ``DINOLoss``): every call with ``update_center``
+      takes one EMA step right after its loss. One forward per optimizer step (a model trained by hand,
+      ``model(**batch).loss.backward()``) gives one update per step.
+    * deferred (``defer_center_update = True``, set by ``DINOScheduleCallback`` for a Trainer run): each call adds
+      the sum and count of its teacher outputs to pending totals and leaves the center alone, so every micro-batch
+      of a step (gradient accumulation) reads the center as at the step's start; :meth:`apply_pending_center`
+      (the callback, once per optimizer step) takes ONE EMA step towards the mean of all of them. Then 2
+      micro-batches x 4 rows give the center of one batch of 8.
+
+    The pending totals are plain attributes, not buffers: DDP broadcasts rank 0's buffers before every forward and
+    would overwrite the other ranks' totals; the update averages them over processes (:func:`teacher_batch_center`).
 
     Args:
         out_dim: ``K``, the number of prototypes (the head's output size).
@@ -117,6 +129,9 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.center: torch.Tensor
         self.register_buffer("center", torch.zeros(out_dim))
+        self.defer_center_update = False
+        self.pending_sum: torch.Tensor | None = None  # (K,) fp32 sum of the teacher outputs since the last update
+        self.pending_count = 0  # how many (image, global view) rows that sum holds
 
     def forward(
         self,
@@ -126,9 +141,12 @@ class DINOLoss(nn.Module):
         update_center: bool = True,
     ) -> torch.Tensor:
         """The loss of :func:`dino_loss` with the current center; then, with ``update_center``, one EMA step of the
-        center towards the teacher's batch mean (averaged over processes)."""
+        center towards the teacher's batch mean (averaged over processes), or, with ``defer_center_update``, the
+        teacher outputs added to the pending totals (see the class docstring)."""
         loss = dino_loss(student_logits, teacher_logits, self.center, self.student_temperature, teacher_temperature)
-        if update_center:
+        if update_center and self.defer_center_update:
+            self.accumulate_center(teacher_logits)
+        elif update_center:
             self.update_center(teacher_logits)
         return loss
 
@@ -137,3 +155,28 @@ class DINOLoss(nn.Module):
         """``center <- m * center + (1 - m) * mean of teacher_logits``, in place (see :func:`teacher_batch_center`)."""
         batch_center = teacher_batch_center(teacher_logits).to(self.center.dtype)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
+
+    @torch.no_grad()
+    def accumulate_center(self, teacher_logits: torch.Tensor) -> None:
+        """Add ``(..., K)`` teacher outputs to the pending sum and count (this process' only)."""
+        rows = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1])
+        total = rows.sum(dim=0)
+        self.pending_sum = total if self.pending_sum is None else self.pending_sum + total
+        self.pending_count += rows.shape[0]
+
+    @torch.no_grad()
+    def apply_pending_center(self) -> bool:
+        """One EMA step of the center towards the mean of the pending teacher outputs (this process' mean, averaged
+        over processes by :meth:`update_center`, as DINO's reference averages equal per-process batches), then clear
+        them. Every process must call it (an all-reduce); a process without pending outputs contributes nothing and
+        takes no step, so call it where all of them have run the same forwards (the end of an optimizer step).
+
+        Returns:
+            Whether the center moved.
+        """
+        if self.pending_sum is None or self.pending_count == 0:
+            return False
+        mean = self.pending_sum / self.pending_count  # (K,)
+        self.pending_sum, self.pending_count = None, 0
+        self.update_center(mean.unsqueeze(0))
+        return True

@@ -155,11 +155,31 @@ class DINOPreTrainedModel(PreTrainedModel):
                 module.backbone.set_grad_checkpointing(enable)
 
 
-class DINOModel(DINOPreTrainedModel):
-    """The DINO backbone alone: images in, pooled features out (what ``AutoModel`` loads from a checkpoint: the
-    student's backbone)."""
+TEACHER_BACKBONE_KEYS = {r"^dino\.": "student.", r"^teacher\.dino\.": "dino."}
+"""``from_pretrained``'s ``key_mapping`` that makes :class:`DINOModel` read the **teacher**'s backbone out of a
+:class:`DINOForPreTraining` checkpoint: the student's ``dino.*`` keys move aside (``student.*``, ignored) and the
+teacher's ``teacher.dino.*`` take their place. A checkpoint of a ``DINOModel`` alone (``backbone.*``) matches
+neither pattern and loads as saved."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^teacher\.", r"^criterion\."]
+
+class DINOModel(DINOPreTrainedModel):
+    """The DINO backbone alone: images in, pooled features out.
+
+    Loaded from a pretraining checkpoint (``AutoModel.from_pretrained(run_dir)``, ``hf-ssl evaluate``) it holds the
+    **teacher**'s backbone, the one DINO evaluates and releases (Caron et al., 2021, sec. 3.1: the teacher performs
+    better than the student throughout training; facebookresearch/dino's ``eval_knn.py`` / ``eval_linear.py`` default
+    to ``--checkpoint_key teacher``) and the one ``hf-ssl export`` writes, so the figures describe the released
+    weights.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^teacher\.", r"^criterion\.", r"^student\."]
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` reading the teacher's backbone from a pretraining checkpoint (see
+        :data:`TEACHER_BACKBONE_KEYS`); an explicit ``key_mapping`` replaces that default."""
+        kwargs.setdefault("key_mapping", TEACHER_BACKBONE_KEYS)
+        return super().from_pretrained(*args, **kwargs)
 
     def __init__(self, config: DINOConfig):
         super().__init__(config)
@@ -188,7 +208,8 @@ class DINOForPreTraining(DINOPreTrainedModel):
 
     The student sees every view, the teacher (an EMA of the student, :class:`~hf_ssl.teachers.MomentumTeacher`,
     updated by ``MomentumTeacherCallback`` through :meth:`update_teacher`) only the global ones; the center of the
-    teacher's outputs is a buffer of ``self.criterion``, updated in training mode only.
+    teacher's outputs is a buffer of ``self.criterion``, updated in training mode only: after every training forward
+    by default, once per optimizer step in a Trainer run (:meth:`defer_center_updates`).
     """
 
     def __init__(self, config: DINOConfig):
@@ -228,6 +249,19 @@ class DINOForPreTraining(DINOPreTrainedModel):
         else:
             progress, warmup = epoch, config.warmup_teacher_temperature_epochs
         return teacher_temperature_at(progress, warmup, config.warmup_teacher_temperature, config.teacher_temperature)
+
+    def defer_center_updates(self, defer: bool = True) -> None:
+        """Make training forwards accumulate the teacher outputs for one center update per optimizer step, applied
+        by :meth:`apply_center_update` (``DINOScheduleCallback`` does both in a Trainer run); ``False`` applies any
+        pending outputs and goes back to one update per training forward (see :class:`DINOLoss`)."""
+        if not defer:
+            self.criterion.apply_pending_center()
+        self.criterion.defer_center_update = bool(defer)
+
+    def apply_center_update(self) -> bool:
+        """The step's one center update from the teacher outputs accumulated since the last (see :class:`DINOLoss`);
+        whether the center moved."""
+        return self.criterion.apply_pending_center()
 
     def set_teacher_temperature(self, temperature: float) -> None:
         """Set the teacher temperature used when ``forward`` is given none (set every step by a callback)."""

@@ -80,7 +80,9 @@ DINO = Objective(
     modality="image",
     data_arguments=ImageDataArguments,
     prepare_data=prepare_data,
-    features=FeatureSpec("image", description="the student backbone's pooled features (pooler_output)"),
+    features=FeatureSpec(
+        "image", description="the teacher backbone's pooled features (pooler_output), the backbone the export releases"
+    ),
     exporter=Exporter(export, (*TIMM_FILES, "README.md")),
     callbacks=callbacks,
     summary="self-distillation from a momentum teacher on multi-crop views (DINO), any timm backbone",
