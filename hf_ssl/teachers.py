@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -193,3 +194,32 @@ class MomentumTeacherCallback(TrainerCallback):
     def logged_values(self) -> dict[str, float]:
         """The momentum of the last update, which :class:`~hf_ssl.trainer.SSLTrainer` adds to its training logs."""
         return {} if self.current is None else {self.log_name: self.current}
+
+
+def collect_outputs(module: nn.Module, taps: list[nn.Module], **inputs: Any) -> list[torch.Tensor]:
+    """Run ``module(**inputs)`` and return the outputs of ``taps`` (its submodules), in their order, caught by
+    forward hooks that are removed afterwards: how a teacher's inner activations become targets (data2vec's
+    feed-forward outputs before the last residual connection, fairseq's ``fc_results`` / ``layer_results``)."""
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [
+        tap.register_forward_hook(lambda _module, _args, output, i=i: outputs.__setitem__(i, output))
+        for i, tap in enumerate(taps)
+    ]
+    try:
+        module(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [outputs[i] for i in range(len(taps))]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, then back in the mode it had (a teacher runs without dropout, as
+    fairseq's ``self.ema.model.eval()``)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

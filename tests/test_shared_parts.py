@@ -7,6 +7,8 @@ too, relative ones, and names re-exported by another module) and the attributes 
 folder counts once however many of its files use a part. A part that only other parts use (a helper of two losses)
 has their users. Other package code (health, evaluation) does not count: what only it and one objective use is not an
 objective part.
+
+And no objective folder imports another's: what two objectives use lives in a shared module, not in one of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "hf_ssl"
 SHARED_PART_MODULES = ("losses", "teachers", "gradient_cache", "masking", "heads")
 """The shared modules that hold objective parts (those of them that exist are checked)."""
+
 
 def module_name(path: Path, root: Path) -> str:
     """``root/models/mae/modeling_mae.py`` -> ``<root's name>.models.mae.modeling_mae`` (a package: its folder)."""
@@ -159,11 +162,7 @@ def shared_part_users() -> dict[str, set[str]]:
 
 def test_every_shared_part_has_two_objective_users():
     users = shared_part_users()
-    lonely = {
-        part: sorted(by)
-        for part, by in users.items()
-        if len(by) < 2
-    }
+    lonely = {part: sorted(by) for part, by in users.items() if len(by) < 2}
     assert not lonely, (
         "parts of shared modules with fewer than two objective users (move each into its objective's folder, or, "
         f"if only shared package code and one objective use it, next to that shared code): {lonely}"
@@ -255,3 +254,63 @@ def test_the_scan_finds_every_kind_of_use_on_a_small_tree(tmp_path):
         "pkg.losses.Late": {"a", "b"},
         "pkg.masking.mask": {"c"},
     }
+
+
+def foreign_objective_imports(root: Path) -> list[str]:
+    """Every import, in a file of an objective folder (``<root>/models/<a>/``), of another objective's folder
+    (``<package>.models.<b>``, ``b != a``): module-level, function-level and relative ones.
+
+    Returns:
+        ``"<file relative to root>: <imported name>"`` for each, sorted.
+    """
+    models = f"{root.name}.models."
+    found = []
+    for path in sorted((root / "models").rglob("*.py")):
+        parts = path.relative_to(root / "models").parts
+        if len(parts) < 2:  # models/__init__.py belongs to no objective
+            continue
+        name = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        targets = set(imported_names(tree, name, path.name == "__init__.py").values())
+        targets |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        for target in sorted(targets):
+            if target.startswith(models) and target.removeprefix(models).split(".")[0] != parts[0]:
+                found.append(f"{path.relative_to(root)}: {target}")
+    return found
+
+
+def test_no_objective_folder_imports_another_one():
+    foreign = foreign_objective_imports(PACKAGE_ROOT)
+    assert not foreign, (
+        f"objective folders importing another objective's folder (move the part to a shared module): {foreign}"
+    )
+
+
+def test_the_import_scan_finds_every_kind_of_foreign_import(tmp_path):
+    root = tmp_path / "pkg"
+    write(
+        root,
+        {
+            "__init__.py": "",
+            "losses.py": "",
+            "models/__init__.py": "from pkg.models.a import run\n",  # the registry: not an objective
+            "models/a/__init__.py": "from .model import run\n",  # its own folder: fine
+            "models/a/model.py": """
+                from pkg.losses import x
+                from pkg.models.a.helpers import y
+
+                def run():
+                    from ..b.model import z  # function-level, relative
+                    return z
+                """,
+            "models/a/helpers.py": "import pkg.models.c.parts\n",
+            "models/b/__init__.py": "",
+            "models/b/model.py": "from pkg.models import c\n",
+            "models/c/__init__.py": "",
+        },
+    )
+    assert foreign_objective_imports(root) == [
+        "models/a/helpers.py: pkg.models.c.parts",
+        "models/a/model.py: pkg.models.b.model.z",
+        "models/b/model.py: pkg.models.c",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from hf_ssl.errors import UsageError
+from hf_ssl.errors import UsageError, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -276,3 +277,147 @@ def check_sequence_length(config: PretrainedConfig, max_seq_length: int) -> None
             f"--max_seq_length {max_seq_length} needs {needed} position embeddings but the encoder has {positions}; "
             "lower --max_seq_length or raise the encoder's max_position_embeddings"
         )
+
+
+# --- speech backbones (wav2vec 2.0's layout: a CNN feature encoder, then a transformer) ------------------------------
+
+
+def receptive_field(conv_kernel: list[int] | tuple[int, ...], conv_stride: list[int] | tuple[int, ...]) -> int:
+    """Samples one output frame of a stack of 1-D convolutions sees: ``1 + sum_i (k_i - 1) * prod_{j<i} s_j``.
+
+    It is also the shortest input that yields one frame (400 samples, 25 ms at 16 kHz, for wav2vec 2.0's encoder,
+    as transformers' ``Wav2Vec2Model._get_feat_extract_output_lengths`` computes frames).
+    """
+    field, jump = 1, 1
+    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+def frame_stride(conv_stride: list[int] | tuple[int, ...]) -> int:
+    """Samples between consecutive frames of a stack of 1-D convolutions (320, 20 ms at 16 kHz, for wav2vec 2.0)."""
+    stride = 1
+    for s in conv_stride:
+        stride *= s
+    return stride
+
+
+def check_speech_pretraining(config: PretrainedConfig) -> None:
+    """The checks every span-masked speech pretraining config shares (wav2vec 2.0, data2vec audio): its masking
+    (``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``), clip rate and length, no fine-tuning adapter
+    on ``config.backbone``, and clips long enough for one mask span plus one frame.
+
+    Raises:
+        UsageError: the first value out of range.
+    """
+    check_range("mask_time_prob", config.mask_time_prob, 0.0, 1.0, low_inclusive=False)
+    check_int("mask_time_length", config.mask_time_length, 1)
+    check_int("mask_time_min_masks", config.mask_time_min_masks, 0)
+    check_int("sampling_rate", config.sampling_rate, 1)
+    check_range("max_duration_seconds", config.max_duration_seconds, 0.0, low_inclusive=False)
+    backbone = config.backbone
+    if backbone.add_adapter:
+        raise UsageError("backbone.add_adapter must be False for pretraining (the adapter is for fine-tuning)")
+    shortest = receptive_field(backbone.conv_kernel, backbone.conv_stride)
+    shortest += config.mask_time_length * frame_stride(backbone.conv_stride)
+    if shortest > config.max_duration_seconds * config.sampling_rate:
+        raise UsageError(
+            f"max_duration_seconds ({config.max_duration_seconds}) is too short: at {config.sampling_rate} Hz the "
+            f"backbone needs {shortest} samples for mask_time_length ({config.mask_time_length}) + 1 frames"
+        )
+
+
+class SpeechEncoderModel(PreTrainedModel):
+    """The speech backbone alone, what ``AutoModel`` loads from the checkpoint of a span-masked speech objective
+    (wav2vec 2.0, data2vec audio): a transformers model of wav2vec 2.0's layout (``Wav2Vec2Model``,
+    ``Data2VecAudioModel``) built from ``config.backbone`` at ``self.backbone``, with the mask embedding pretraining
+    always needs (the backbone makes its ``masked_spec_embed`` only when its own SpecAugment is on).
+
+    An objective's model derives from this and from its own ``PreTrainedModel`` base (config class, prefix), sets
+    ``backbone_class`` and names the weights of its training-only layers in ``_keys_to_ignore_on_load_unexpected``.
+    ``forward(input_values (B, L), attention_mask (B, L), mask_time_indices (B, T))`` returns the backbone's output
+    (``hidden_states``, the transformer's input then each layer's output, when ``output_hidden_states`` is given or
+    set on this model's config: the backbone's own config is a sub-config, so the flag is passed down explicitly).
+    """
+
+    backbone_class: type[PreTrainedModel]
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        self.backbone = self.backbone_class(config.backbone)
+        if getattr(self.backbone, "masked_spec_embed", None) is None:
+            self.backbone.masked_spec_embed = nn.Parameter(torch.empty(config.backbone.hidden_size).uniform_())
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if output_hidden_states is None:
+            output_hidden_states = bool(self.config.output_hidden_states)
+        return self.backbone(
+            input_values,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+
+
+def save_plain_backbone(
+    backbone: nn.Module,
+    backbone_config: PretrainedConfig,
+    model_class: type[PreTrainedModel],
+    output_dir: str | Path,
+    safe_serialization: bool = True,
+) -> Path:
+    """Write ``backbone``'s weights as a plain transformers ``model_class`` built from a copy of ``backbone_config``
+    (``AutoModel`` loads it without ``hf_ssl``): the weights ``model_class`` has not (the mask embedding
+    :class:`SpeechEncoderModel` adds when the backbone's SpecAugment is off) are dropped; every one it has must be
+    there.
+
+    Returns:
+        ``output_dir`` as a ``Path`` (created if needed).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = backbone_config.__class__.from_dict(backbone_config.to_dict())
+    config.architectures = [model_class.__name__]
+    exported = model_class(config)
+    wanted = exported.state_dict().keys()
+    exported.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in wanted}, strict=True)
+    exported.save_pretrained(output_dir, safe_serialization=safe_serialization)
+    return output_dir
+
+
+def load_plain_backbone(
+    backbone: nn.Module, model_class: type[PreTrainedModel], model_name_or_path: str, backbone_config: PretrainedConfig
+) -> None:
+    """Load a plain transformers checkpoint of ``model_class`` (a folder or Hub id) into ``backbone`` (built from
+    ``backbone_config``); a checkpoint without the mask embedding (its SpecAugment was off) leaves ours as it is.
+
+    Raises:
+        UsageError: weights that cannot be read or do not fit ``backbone_config``.
+    """
+    try:
+        weights, info = model_class.from_pretrained(
+            model_name_or_path, config=backbone_config, output_loading_info=True
+        )
+    except OSError as err:
+        raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot load its weights: {err}") from err
+    except RuntimeError as err:  # transformers raises on weights of another shape (ignore_mismatched_sizes off)
+        raise UsageError(
+            f"--model_name_or_path {model_name_or_path}: its weights do not fit the backbone (other shapes)"
+        ) from err
+    missing = [k for k in info.get("missing_keys") or () if k != "masked_spec_embed"]
+    if missing or info.get("mismatched_keys"):
+        raise UsageError(
+            f"--model_name_or_path {model_name_or_path}: its weights do not fit the backbone (missing "
+            f"{missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
+        )
+    backbone.load_state_dict(weights.state_dict(), strict=False)

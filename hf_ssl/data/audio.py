@@ -19,9 +19,10 @@ import numpy as np
 import soundfile
 from datasets import Dataset, IterableDataset
 from scipy.signal import resample_poly
+from transformers import Wav2Vec2FeatureExtractor
 
 from hf_ssl.data.checks import ExampleCheck, OnBadExample, check_on_bad_example, prepare_rows
-from hf_ssl.data.loading import register_embedded_dataset
+from hf_ssl.data.loading import find_column, register_embedded_dataset
 from hf_ssl.errors import UsageError
 
 
@@ -163,6 +164,62 @@ def prepare_audio(
     )
     kind = ExampleCheck(check, BadAudioError, "audio examples", batch_size=256)
     return prepare_rows(undecoded_audio(ds, column), column, kind, on_bad_example)
+
+
+def _is_array_column(feature: Any) -> bool:
+    """A column of bare sample arrays (a list of numbers per row)."""
+    inner = getattr(feature, "feature", None)
+    return isinstance(feature, datasets.List | datasets.Sequence) and isinstance(inner, datasets.Value)
+
+
+def find_audio_column(ds: Dataset | IterableDataset, column: str | None) -> str:
+    """The audio column: detected (an ``Audio`` feature or a column of paths) or named; a named column may also
+    hold bare sample arrays (at ``--audio_sampling_rate``)."""
+    features = ds.features
+    if column is not None and features is not None and column in features and _is_array_column(features[column]):
+        return column
+    return find_column(ds, "audio", column)
+
+
+def prepare_speech_pretraining(
+    ds: Dataset | IterableDataset, args: AudioDataArguments, sampling_rate: int, min_samples: int
+) -> tuple[Dataset | IterableDataset, str, int]:
+    """The data preparation of the speech pretraining objectives (wav2vec 2.0, data2vec audio): the audio column
+    found (:func:`find_audio_column`), ``--audio_sampling_rate`` checked, and the clips checked (or filtered when
+    streamed) to decode and last at least ``min_samples`` at ``sampling_rate`` (:func:`prepare_audio`).
+
+    Returns:
+        ``(dataset, audio column, number of rows skipped)``.
+
+    Raises:
+        UsageError: no audio column, or an ``--audio_sampling_rate`` below 1.
+    """
+    column = find_audio_column(ds, args.audio_column)
+    if args.audio_sampling_rate is not None and args.audio_sampling_rate < 1:
+        raise UsageError(f"--audio_sampling_rate must be a positive number of Hz, got {args.audio_sampling_rate}")
+    ds, skipped = prepare_audio(
+        ds,
+        column,
+        sampling_rate,
+        min_samples=min_samples,
+        on_bad_example=args.on_bad_example,
+        array_sampling_rate=args.audio_sampling_rate,
+    )
+    return ds, column, skipped
+
+
+def feature_extractor_for(config: Any) -> Wav2Vec2FeatureExtractor:
+    """The ``Wav2Vec2FeatureExtractor`` that does what pretraining's collator
+    (:class:`~hf_ssl.data.collators.AudioCollator`) does at ``config.sampling_rate`` (zero-mean unit-variance
+    normalisation, zero padding, attention masks): saved with every speech run and export, so evaluation and
+    fine-tuning preprocess clips as pretraining did."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=config.sampling_rate,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    )
 
 
 @dataclass

@@ -23,8 +23,8 @@ from hf_ssl.data.audio import (
     prepare_audio,
     resample,
 )
+from hf_ssl.data.collators import AudioCollator
 from hf_ssl.errors import UsageError
-from hf_ssl.models.wav2vec.collator import AudioCollator
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining
 

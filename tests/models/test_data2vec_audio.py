@@ -85,6 +85,21 @@ class TestData2VecAudioObjective(ObjectiveChecks):
 # --- targets and loss ------------------------------------------------------------------------------------------------
 
 
+def test_every_target_norm_in_fairseqs_order():
+    """All four norms on: fairseq's ``Data2VecAudioModel.forward`` (``examples/data2vec/models/data2vec_audio.py``)
+    instance-norms then layer-norms each layer, averages, then layer-norms and instance-norms the average."""
+    config = tiny_config(layer_norm_target_layer=True, layer_norm_targets=True, instance_norm_targets=True)
+    layers = [torch.randn(2, 5, 3) * (i + 1) + i for i in range(3)]  # (B, T, H)
+    y = [F.instance_norm(layer.transpose(1, 2)).transpose(1, 2) for layer in layers[-2:]]
+    y = [F.layer_norm(layer, layer.shape[-1:]) for layer in y]
+    y = sum(y) / len(y)
+    y = F.layer_norm(y, y.shape[-1:])
+    expected = F.instance_norm(y.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(data2vec_audio_targets(layers, config), expected)
+    plain = data2vec_audio_targets(layers, tiny_config())
+    assert not torch.allclose(plain, expected, atol=1e-3)  # the extra norms change the targets
+
+
 def test_targets_are_the_mean_of_the_top_k_instance_normed_layers():
     config = tiny_config()
     layers = [torch.randn(2, 5, 3) * (i + 1) + i for i in range(3)]  # (B, T, H)
@@ -202,8 +217,8 @@ _STUDENT_FEATURES = textwrap.dedent(
 
 @pytest.mark.slow
 def test_export_gives_the_students_features_without_hf_ssl(tmp_path):
+    from hf_ssl.data.audio import feature_extractor_for
     from hf_ssl.export import export_backbone
-    from hf_ssl.models.data2vec_audio.objective import feature_extractor_for
 
     config = tiny_config()
     torch.manual_seed(0)
@@ -247,3 +262,22 @@ def test_cli_run_on_the_default_data_lowers_the_loss(tmp_path):
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
     assert any("target_var" in entry for entry in log)
+
+
+def test_start_from_a_plain_checkpoint_fills_student_and_teacher_and_refuses_one_that_does_not_fit(tmp_path):
+    from transformers import Data2VecAudioConfig, Data2VecAudioModel
+
+    config = tiny_config()
+    plain = Data2VecAudioModel(Data2VecAudioConfig.from_dict(config.backbone.to_dict()))
+    plain.save_pretrained(tmp_path / "plain")
+    model = Data2VecAudioForPreTraining(config)
+    DATA2VEC_AUDIO.load_start(model, str(tmp_path / "plain"), plain.config)
+    reference = plain.state_dict()
+    for tower in (model.backbone, model.teacher.data2vec_audio.backbone):
+        for name, tensor in tower.state_dict().items():
+            if name != "masked_spec_embed":  # ours: the plain model's SpecAugment is off
+                assert torch.equal(tensor, reference[name]), name
+    wider = Data2VecAudioModel(Data2VecAudioConfig.from_dict({**config.backbone.to_dict(), "hidden_size": 48}))
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(UsageError, match="do not fit the backbone"):
+        DATA2VEC_AUDIO.load_start(model, str(tmp_path / "wider"), wider.config)

@@ -13,10 +13,10 @@ from tiny_wav2vec import NO_DROPOUT, RATE, TINY_BACKBONE, tiny_wav2vec_config
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.trainer_callback import TrainerControl, TrainerState
 
+from hf_ssl.data.collators import AudioCollator
 from hf_ssl.errors import UsageError
 from hf_ssl.masking import compute_span_mask
 from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
-from hf_ssl.models.wav2vec.collator import AudioCollator
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.loss import wav2vec_contrastive_loss
 from hf_ssl.models.wav2vec.masking import sample_negative_indices

@@ -7,8 +7,8 @@ from typing import Any
 
 from transformers import AutoConfig, Data2VecAudioConfig, PretrainedConfig
 
+from hf_ssl.backbones.transformers import check_speech_pretraining, frame_stride, receptive_field
 from hf_ssl.errors import UsageError, check_choice, check_int, check_range
-from hf_ssl.models.wav2vec.configuration_wav2vec import receptive_field
 
 TARGET_LAYER_OUTPUTS = ("ffn", "block")
 
@@ -132,19 +132,7 @@ class Data2VecAudioPretrainingConfig(PretrainedConfig):
             check_range("loss_scale", self.loss_scale, 0.0, low_inclusive=False)
         check_range("teacher_momentum", self.teacher_momentum, 0.0, 1.0)
         check_range("teacher_momentum_final", self.teacher_momentum_final, self.teacher_momentum, 1.0)
-        check_range("mask_time_prob", self.mask_time_prob, 0.0, 1.0, low_inclusive=False)
-        check_int("mask_time_length", self.mask_time_length, 1)
-        check_int("mask_time_min_masks", self.mask_time_min_masks, 0)
-        check_int("sampling_rate", self.sampling_rate, 1)
-        check_range("max_duration_seconds", self.max_duration_seconds, 0.0, low_inclusive=False)
-        if self.backbone.add_adapter:
-            raise UsageError("backbone.add_adapter must be False for pretraining (the adapter is for fine-tuning)")
-        shortest = self.receptive_field + self.mask_time_length * self.frame_stride
-        if shortest > self.max_duration_seconds * self.sampling_rate:
-            raise UsageError(
-                f"max_duration_seconds ({self.max_duration_seconds}) is too short: at {self.sampling_rate} Hz the "
-                f"backbone needs {shortest} samples for mask_time_length ({self.mask_time_length}) + 1 frames"
-            )
+        check_speech_pretraining(self)  # masking, rate, duration, adapter
 
     @property
     def receptive_field(self) -> int:
@@ -154,7 +142,4 @@ class Data2VecAudioPretrainingConfig(PretrainedConfig):
     @property
     def frame_stride(self) -> int:
         """Samples between consecutive frames (320, 20 ms at 16 kHz, for the base model)."""
-        stride = 1
-        for s in self.backbone.conv_stride:
-            stride *= s
-        return stride
+        return frame_stride(self.backbone.conv_stride)

@@ -17,25 +17,21 @@ too; ours excludes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Data2VecAudioModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.utils import ModelOutput
 
+from hf_ssl.backbones.transformers import SpeechEncoderModel
 from hf_ssl.health import HealthOutput
-from hf_ssl.losses import mean_over_items
+from hf_ssl.losses import data2vec_targets, mean_over_items, regression_loss
 from hf_ssl.masking import compute_span_mask
 from hf_ssl.models.data2vec_audio.configuration_data2vec_audio import Data2VecAudioPretrainingConfig
-from hf_ssl.models.data2vec_text.loss import regression_loss
-from hf_ssl.teachers import MomentumTeacher
+from hf_ssl.teachers import MomentumTeacher, collect_outputs, eval_mode
 
 STUDENT_FEATURE_PARTS = ("feature_extractor", "feature_projection")
 """The backbone's parts before the transformer (CNN feature encoder, its layer norm and projection): with
@@ -65,27 +61,15 @@ class Data2VecAudioForPreTrainingOutput(ModelOutput):
     mask_time_indices: torch.Tensor | None = None
 
 
-def instance_norm(layer: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    """``(B, T, H)`` normalised over ``T`` per utterance and channel (``F.instance_norm`` on ``(B, H, T)``, eps
-    1e-5, biased variance), over the unpadded frames only when ``frame_mask (B, T)`` is given."""
-    if frame_mask is None:
-        return F.instance_norm(layer.transpose(1, 2)).transpose(1, 2)
-    weights = frame_mask.to(layer.dtype).unsqueeze(-1)  # (B, T, 1)
-    count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, 1)
-    mean = (layer * weights).sum(dim=1, keepdim=True) / count
-    var = ((layer - mean).pow(2) * weights).sum(dim=1, keepdim=True) / count
-    return (layer - mean) / torch.sqrt(var + 1e-5)
-
-
 def data2vec_audio_targets(
     layer_outputs: list[torch.Tensor],
     config: Data2VecAudioPretrainingConfig,
     frame_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The targets as fairseq's ``Data2VecAudioModel.forward`` makes them: the last ``average_top_k_layers``
-    outputs, each instance-normalised (``instance_norm_target_layer``) and/or layer-normalised
-    (``layer_norm_target_layer``), averaged, then optionally normalised again (``layer_norm_targets``,
-    ``instance_norm_targets``).
+    """The targets as fairseq's ``Data2VecAudioModel.forward`` makes them (:func:`hf_ssl.losses.data2vec_targets`):
+    the last ``average_top_k_layers`` outputs, each instance-normalised (``instance_norm_target_layer``) and/or
+    layer-normalised (``layer_norm_target_layer``), averaged, then optionally normalised again
+    (``layer_norm_targets``, ``instance_norm_targets``).
 
     Args:
         layer_outputs: the teacher's per-layer ``(B, T, H)`` outputs, first layer first.
@@ -95,17 +79,11 @@ def data2vec_audio_targets(
     Returns:
         ``(B, T, H)`` float32.
     """
-    layers = [layer.float() for layer in layer_outputs[-config.average_top_k_layers :]]
-    if config.instance_norm_target_layer:
-        layers = [instance_norm(layer, frame_mask) for layer in layers]
-    if config.layer_norm_target_layer:
-        layers = [F.layer_norm(layer, layer.shape[-1:]) for layer in layers]
-    targets = torch.stack(layers).mean(dim=0)  # (K, B, T, H) -> (B, T, H)
-    if config.layer_norm_targets:
-        targets = F.layer_norm(targets, targets.shape[-1:])
-    if config.instance_norm_targets:
-        targets = instance_norm(targets, frame_mask)
-    return targets
+    layer_norms = [name for name, on in (("instance_norm", config.instance_norm_target_layer),
+                                         ("layer_norm", config.layer_norm_target_layer)) if on]  # fmt: skip
+    target_norms = [name for name, on in (("layer_norm", config.layer_norm_targets),
+                                          ("instance_norm", config.instance_norm_targets)) if on]  # fmt: skip
+    return data2vec_targets(layer_outputs, config.average_top_k_layers, layer_norms, target_norms, frame_mask)
 
 
 class Data2VecAudioRegressionHead(nn.Module):
@@ -139,38 +117,12 @@ class Data2VecAudioPreTrainedModel(PreTrainedModel):
             init.zeros_(module.dense.bias)
 
 
-class Data2VecAudioPretrainingModel(Data2VecAudioPreTrainedModel):
+class Data2VecAudioPretrainingModel(SpeechEncoderModel, Data2VecAudioPreTrainedModel):
     """The student backbone alone (what ``AutoModel`` loads from a data2vec audio checkpoint): a transformers
-    ``Data2VecAudioModel`` at ``self.backbone``; ``forward`` returns its output (``hidden_states`` when
-    ``output_hidden_states`` is given or set on this config)."""
+    ``Data2VecAudioModel`` at ``self.backbone`` (:class:`~hf_ssl.backbones.transformers.SpeechEncoderModel`)."""
 
+    backbone_class = Data2VecAudioModel
     _keys_to_ignore_on_load_unexpected = [r"^regression_head\.", r"^teacher\."]
-
-    def __init__(self, config: Data2VecAudioPretrainingConfig):
-        super().__init__(config)
-        self.backbone = Data2VecAudioModel(config.backbone)
-        if getattr(self.backbone, "masked_spec_embed", None) is None:
-            # the backbone only makes its mask embedding when its own SpecAugment is on; pretraining always needs it
-            self.backbone.masked_spec_embed = nn.Parameter(torch.empty(config.backbone.hidden_size).uniform_())
-        self.post_init()
-
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_time_indices: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs: Any,
-    ) -> Wav2Vec2BaseModelOutput:
-        if output_hidden_states is None:
-            output_hidden_states = bool(self.config.output_hidden_states)
-        return self.backbone(
-            input_values,
-            attention_mask=attention_mask,
-            mask_time_indices=mask_time_indices,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
 
 
 class Data2VecAudioForPreTraining(Data2VecAudioPreTrainedModel):
@@ -248,13 +200,13 @@ class Data2VecAudioForPreTraining(Data2VecAudioPreTrainedModel):
         """``(B, T, H)`` float32 targets of the unmasked waveform: the teacher, in eval mode and without gradients,
         encodes it; its top-K layer outputs are normalised and averaged (:func:`data2vec_audio_targets`)."""
         teacher = self.teacher.data2vec_audio.backbone
-        with _eval_mode(teacher):
+        with eval_mode(teacher):
             if self.config.target_layer_output == "block":
                 output = teacher(input_values, attention_mask=attention_mask, output_hidden_states=True)
                 layers = list(output.hidden_states[1:])  # the transformer's input is not a layer's output
             else:
                 taps = [layer.feed_forward.output_dense for layer in teacher.encoder.layers]
-                layers = _run_collecting(teacher, taps, input_values=input_values, attention_mask=attention_mask)
+                layers = collect_outputs(teacher, taps, input_values=input_values, attention_mask=attention_mask)
         frame_mask = self._frame_mask(attention_mask, layers[-1].shape[1])
         return data2vec_audio_targets(layers, self.config, frame_mask)
 
@@ -309,7 +261,7 @@ class Data2VecAudioForPreTraining(Data2VecAudioPreTrainedModel):
         state averaged over the real frames, nothing masked, eval mode)."""
         input_values, attention_mask = batch["input_values"], batch.get("attention_mask")
         output = self(input_values, attention_mask, batch.get("mask_time_indices"))
-        with _eval_mode(self.data2vec_audio):
+        with eval_mode(self.data2vec_audio):
             states = self.data2vec_audio(input_values, attention_mask).last_hidden_state  # (B, T, H)
         frames = self._frame_mask(attention_mask, states.shape[1])
         weights = (frames if frames is not None else torch.ones(states.shape[:2], dtype=torch.bool)).unsqueeze(-1)
@@ -321,29 +273,3 @@ class Data2VecAudioForPreTraining(Data2VecAudioPreTrainedModel):
             scalars={"target_var": output.target_var, "pred_var": output.pred_var},
             isotropic=False,
         )
-
-
-def _run_collecting(module: nn.Module, taps: list[nn.Module], **inputs: Any) -> list[torch.Tensor]:
-    """Run ``module(**inputs)`` and return the outputs of ``taps`` (submodules), in their order."""
-    outputs: dict[int, torch.Tensor] = {}
-    handles = [
-        tap.register_forward_hook(lambda _module, _args, output, i=i: outputs.__setitem__(i, output))
-        for i, tap in enumerate(taps)
-    ]
-    try:
-        module(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [outputs[i] for i in range(len(taps))]
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for the block, then back in the mode it had."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

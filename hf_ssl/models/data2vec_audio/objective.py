@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from datasets import Dataset, IterableDataset
-from transformers import Data2VecAudioConfig, Data2VecAudioModel, PretrainedConfig, Wav2Vec2FeatureExtractor
+from transformers import Data2VecAudioConfig, Data2VecAudioModel, PretrainedConfig
 
-from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, AudioDataArguments, load_default_audio, prepare_audio
+from hf_ssl.backbones.transformers import load_plain_backbone, save_plain_backbone
+from hf_ssl.data.audio import (
+    DEFAULT_AUDIO_DATASET,
+    AudioDataArguments,
+    feature_extractor_for,
+    load_default_audio,
+    prepare_speech_pretraining,
+)
+from hf_ssl.data.collators import AudioCollator
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import SPEECH_FEATURES
 from hf_ssl.export import ExportContext, Exporter, load_pretraining_model
@@ -23,8 +31,6 @@ from hf_ssl.models.data2vec_audio.modeling_data2vec_audio import (
     Data2VecAudioForPreTraining,
     Data2VecAudioPretrainingModel,
 )
-from hf_ssl.models.wav2vec.collator import AudioCollator
-from hf_ssl.models.wav2vec.objective import find_audio_column
 from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunContext
 from hf_ssl.teachers import MomentumTeacherCallback
 
@@ -33,48 +39,22 @@ logger = logging.getLogger(__name__)
 EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
 
-def feature_extractor_for(config: Data2VecAudioPretrainingConfig) -> Wav2Vec2FeatureExtractor:
-    """The ``Wav2Vec2FeatureExtractor`` doing what pretraining's collator does (rate, zero-mean unit-variance
-    normalisation, zero padding, attention masks), as wav2vec's."""
-    return Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=config.sampling_rate,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=True,
-    )
-
-
 def prepare_data(
     ds: Dataset | IterableDataset,
     config: Data2VecAudioPretrainingConfig,
     args: AudioDataArguments,
     run: RunContext = NEW_MODEL,
 ) -> PreparedData:
-    """wav2vec's preparation (:func:`hf_ssl.models.wav2vec.objective.prepare_data`): clips checked (or filtered when
-    streamed) to decode and last at least the receptive field; wav2vec's :class:`AudioCollator` crops them to
-    ``max_duration_seconds``, normalises and pads them."""
-    column = find_audio_column(ds, args.audio_column)
-    if args.audio_sampling_rate is not None and args.audio_sampling_rate < 1:
-        raise UsageError(f"--audio_sampling_rate must be a positive number of Hz, got {args.audio_sampling_rate}")
-    ds, skipped = prepare_audio(
-        ds,
-        column,
-        config.sampling_rate,
-        min_samples=config.receptive_field,
-        on_bad_example=args.on_bad_example,
-        array_sampling_rate=args.audio_sampling_rate,
-    )
-    extractor = feature_extractor_for(config)
-    collator = AudioCollator(
-        extractor,
-        column,
-        max_length_samples=int(config.max_duration_seconds * config.sampling_rate),
-        min_samples=config.receptive_field,
-        array_sampling_rate=args.audio_sampling_rate,
-    )
+    """The speech preparation wav2vec shares (:func:`~hf_ssl.data.audio.prepare_speech_pretraining`): clips checked
+    (or filtered when streamed) to decode and last at least the receptive field; the
+    :class:`~hf_ssl.data.collators.AudioCollator` crops them to ``max_duration_seconds``, normalises and pads them."""
+    ds, column, skipped = prepare_speech_pretraining(ds, args, config.sampling_rate, config.receptive_field)
     return PreparedData(
-        dataset=ds, collator=collator, columns={"audio": column}, num_skipped=skipped, processing_class=extractor
+        dataset=ds,
+        collator=AudioCollator(config, column, array_sampling_rate=args.audio_sampling_rate),
+        columns={"audio": column},
+        num_skipped=skipped,
+        processing_class=feature_extractor_for(config),
     )
 
 
@@ -82,17 +62,8 @@ def save_student_export(model: Data2VecAudioForPreTraining, output_dir: str | Pa
     """Write the student as a plain transformers ``Data2VecAudioModel`` (``AutoModel``,
     ``Data2VecAudioForCTC``/``...ForSequenceClassification`` fine-tune from it) with its feature extractor; the
     mask embedding we add when the backbone's own SpecAugment is off has no place there and is dropped."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    backbone_config = Data2VecAudioConfig.from_dict(config.backbone.to_dict())
-    backbone_config.architectures = ["Data2VecAudioModel"]
-    exported = Data2VecAudioModel(backbone_config)
-    wanted = exported.state_dict().keys()
-    state = {k: v for k, v in model.backbone.state_dict().items() if k in wanted}
-    exported.load_state_dict(state, strict=True)
-    exported.save_pretrained(output_dir)
-    feature_extractor_for(config).save_pretrained(output_dir)
+    output_dir = save_plain_backbone(model.backbone, model.config.backbone, Data2VecAudioModel, output_dir)
+    feature_extractor_for(model.config).save_pretrained(output_dir)
     return output_dir
 
 
@@ -148,19 +119,7 @@ class Data2VecAudioObjective(EncoderObjective):
 
     def load_start(self, model: Data2VecAudioForPreTraining, model_name_or_path: str, source: PretrainedConfig) -> None:
         """The backbone's weights, into the student and its teacher (a new mask embedding where there is none)."""
-        try:
-            weights, info = Data2VecAudioModel.from_pretrained(
-                model_name_or_path, config=model.config.backbone, output_loading_info=True
-            )
-        except OSError as err:
-            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot load its weights: {err}") from err
-        missing = [k for k in info.get("missing_keys") or () if k != "masked_spec_embed"]
-        if missing or info.get("mismatched_keys"):
-            raise UsageError(
-                f"--model_name_or_path {model_name_or_path}: its weights do not fit the backbone (missing "
-                f"{missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
-            )
-        model.backbone.load_state_dict(weights.state_dict(), strict=False)
+        load_plain_backbone(model.backbone, Data2VecAudioModel, model_name_or_path, model.config.backbone)
         model.teacher.reset_from(model)
         logger.info("started the student and teacher from %s", model_name_or_path)
 

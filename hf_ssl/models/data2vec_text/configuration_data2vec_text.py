@@ -10,7 +10,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from hf_ssl.backbones.transformers import DEFAULT_ENCODER, check_text_encoder, resolve_encoder_config
 from hf_ssl.errors import UsageError, check_choice, check_int, check_range
-from hf_ssl.models.data2vec_text.loss import TARGET_NORMS
+from hf_ssl.losses import TARGET_NORMS
 
 DATA2VEC_TEXT_SUB_CONFIGS = {
     "encoder": SubConfigSpec(config_class=AutoConfig, model_type="data2vec-text", init_kwargs=DEFAULT_ENCODER),

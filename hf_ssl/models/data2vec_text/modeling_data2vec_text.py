@@ -5,7 +5,7 @@ The student encoder reads the masked tokens (BERT's masking, drawn by
 :class:`~hf_ssl.data.masked_text.TokenMaskingCollator`); its momentum teacher
 (:class:`~hf_ssl.teachers.MomentumTeacher`, an EMA copy of the encoder, run in eval mode without gradients) reads the
 original tokens; the targets are the average of the teacher's top-K layer outputs, each normalised
-(:func:`~hf_ssl.models.data2vec_text.loss.data2vec_targets`); a linear regression head on the student's last layer
+(:func:`~hf_ssl.losses.data2vec_targets`); a linear regression head on the student's last layer
 predicts them at the masked positions only. Checked against fairseq's ``examples/data2vec/models/data2vec_text.py``
 (``Data2VecTextEncoder.forward``; the targets there are the layers' ``fc_results``, the feed-forward output before the
 last residual connection, our ``target_layer_output="ffn"``).
@@ -19,8 +19,6 @@ mask token (its text recipe masks with neither random nor kept tokens, which mak
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +31,9 @@ from transformers.utils import ModelOutput
 from hf_ssl.backbones.transformers import TextEncoderModel, TextEncoderPreTrainedModel, takes_token_type_ids
 from hf_ssl.errors import UsageError
 from hf_ssl.health import HealthOutput
-from hf_ssl.losses import mean_over_items
+from hf_ssl.losses import data2vec_targets, mean_over_items, regression_loss
 from hf_ssl.models.data2vec_text.configuration_data2vec_text import Data2VecTextPretrainingConfig
-from hf_ssl.models.data2vec_text.loss import data2vec_targets, regression_loss
-from hf_ssl.teachers import MomentumTeacher
+from hf_ssl.teachers import MomentumTeacher, collect_outputs, eval_mode
 
 IGNORE_INDEX = -100
 
@@ -158,13 +155,13 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         kwargs: dict[str, Any] = {"attention_mask": attention_mask}
         if token_type_ids is not None and takes_token_type_ids(teacher):
             kwargs["token_type_ids"] = token_type_ids
-        with _eval_mode(teacher):
+        with eval_mode(teacher):
             if self.config.target_layer_output == "block":
                 hidden_states = teacher(input_ids=input_ids, output_hidden_states=True, **kwargs).hidden_states
                 layers = list(hidden_states[1:])  # the embeddings' output is not a layer's
             else:
-                layers = _run_collecting(teacher, _ffn_outputs(teacher), input_ids=input_ids, **kwargs)
-        return data2vec_targets(layers, self.config.top_k_layers, self.config.target_norm, attention_mask)
+                layers = collect_outputs(teacher, _ffn_outputs(teacher), input_ids=input_ids, **kwargs)
+        return data2vec_targets(layers, self.config.top_k_layers, (self.config.target_norm,), (), attention_mask)
 
     def forward(
         self,
@@ -283,29 +280,3 @@ def _embeddings(encoder: PreTrainedModel) -> nn.Module:
             f"{type(encoder).__name__} does not have: set teacher_embeddings_from_student to false"
         )
     return embeddings
-
-
-def _run_collecting(module: nn.Module, taps: list[nn.Module], **inputs: Any) -> list[torch.Tensor]:
-    """Run ``module(**inputs)`` and return the outputs of ``taps`` (submodules), in their order."""
-    outputs: dict[int, torch.Tensor] = {}
-    handles = [
-        tap.register_forward_hook(lambda _module, _args, output, i=i: outputs.__setitem__(i, output))
-        for i, tap in enumerate(taps)
-    ]
-    try:
-        module(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [outputs[i] for i in range(len(taps))]
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for the block, then back in the mode it had."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

@@ -6,19 +6,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig, Wav2Vec2Config
 
+from hf_ssl.backbones.transformers import check_speech_pretraining, frame_stride, receptive_field
 from hf_ssl.errors import UsageError, check_int, check_range
-
-
-def receptive_field(conv_kernel: list[int] | tuple[int, ...], conv_stride: list[int] | tuple[int, ...]) -> int:
-    """Samples one output frame of a stack of 1-D convolutions sees: ``1 + sum_i (k_i - 1) * prod_{j<i} s_j``.
-
-    It is also the shortest input that yields one frame (400 samples, 25 ms at 16 kHz, for wav2vec 2.0's encoder).
-    """
-    field, jump = 1, 1
-    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
 
 
 def _resolve_backbone(backbone: Wav2Vec2Config | dict[str, Any] | str | None) -> Wav2Vec2Config:
@@ -125,9 +114,7 @@ class Wav2VecConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     def _validate(self) -> None:
-        check_range("mask_time_prob", self.mask_time_prob, 0.0, 1.0, low_inclusive=False)
-        check_int("mask_time_length", self.mask_time_length, 1)
-        check_int("mask_time_min_masks", self.mask_time_min_masks, 0)
+        check_speech_pretraining(self)  # masking, rate, duration, adapter
         check_int("num_negatives", self.num_negatives, 1)
         check_int("num_codevector_groups", self.num_codevector_groups, 1)
         check_int("num_codevectors_per_group", self.num_codevectors_per_group, 2)
@@ -145,16 +132,6 @@ class Wav2VecConfig(PretrainedConfig):
         check_range("min_gumbel_temperature", self.min_gumbel_temperature, 0.0, low_inclusive=False)
         check_range("max_gumbel_temperature", self.max_gumbel_temperature, self.min_gumbel_temperature)
         check_range("gumbel_temperature_decay", self.gumbel_temperature_decay, 0.0, 1.0, low_inclusive=False)
-        check_int("sampling_rate", self.sampling_rate, 1)
-        check_range("max_duration_seconds", self.max_duration_seconds, 0.0, low_inclusive=False)
-        if self.backbone.add_adapter:
-            raise UsageError("backbone.add_adapter must be False for pretraining (the adapter is for fine-tuning)")
-        shortest = self.min_samples_for_masking
-        if shortest > self.max_duration_seconds * self.sampling_rate:
-            raise UsageError(
-                f"max_duration_seconds ({self.max_duration_seconds}) is too short: at {self.sampling_rate} Hz the "
-                f"backbone needs {shortest} samples for mask_time_length ({self.mask_time_length}) + 1 frames"
-            )
 
     @property
     def receptive_field(self) -> int:
@@ -164,10 +141,7 @@ class Wav2VecConfig(PretrainedConfig):
     @property
     def frame_stride(self) -> int:
         """Samples between consecutive feature frames (320, 20 ms at 16 kHz, for wav2vec 2.0)."""
-        stride = 1
-        for s in self.backbone.conv_stride:
-            stride *= s
-        return stride
+        return frame_stride(self.backbone.conv_stride)
 
     @property
     def min_samples_for_masking(self) -> int:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from transformers import Wav2Vec2Model
 
-from hf_ssl.models.wav2vec.collator import feature_extractor_for
+from hf_ssl.backbones.transformers import save_plain_backbone
+from hf_ssl.data.audio import feature_extractor_for
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining, Wav2VecModel
 
 
@@ -27,17 +28,8 @@ def save_backbone_export(
     Returns:
         ``output_dir`` as a ``Path``.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     wrapper = model.wav2vec if isinstance(model, Wav2VecForPreTraining) else model
     config = wrapper.config
-    backbone_config = config.backbone.__class__.from_dict(config.backbone.to_dict())
-    backbone_config.architectures = ["Wav2Vec2Model"]
-    exported = Wav2Vec2Model(backbone_config)
-    state = wrapper.backbone.state_dict()
-    wanted = exported.state_dict().keys()
-    # the mask embedding we add when the backbone's own SpecAugment is off has no place in a plain Wav2Vec2Model
-    exported.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
-    exported.save_pretrained(output_dir, safe_serialization=safe_serialization)
+    output_dir = save_plain_backbone(wrapper.backbone, config.backbone, Wav2Vec2Model, output_dir, safe_serialization)
     feature_extractor_for(config).save_pretrained(output_dir)
     return output_dir

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Wav2Vec2Model
-from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.utils import ModelOutput
 
+from hf_ssl.backbones.transformers import SpeechEncoderModel
 from hf_ssl.health import HealthOutput
 from hf_ssl.losses import full_precision, mean_over_items
 from hf_ssl.masking import compute_span_mask
@@ -145,7 +145,7 @@ class Wav2VecPreTrainedModel(PreTrainedModel):
         return input_lengths
 
 
-class Wav2VecModel(Wav2VecPreTrainedModel):
+class Wav2VecModel(SpeechEncoderModel, Wav2VecPreTrainedModel):
     """The backbone alone, a transformers ``Wav2Vec2Model``: what ``AutoModel`` loads from a pretraining checkpoint.
 
     ``forward(input_values (B, L), attention_mask (B, L))`` returns the backbone's ``Wav2Vec2BaseModelOutput``
@@ -155,33 +155,8 @@ class Wav2VecModel(Wav2VecPreTrainedModel):
     so the flag is passed down explicitly).
     """
 
+    backbone_class = Wav2Vec2Model
     _keys_to_ignore_on_load_unexpected = [r"quantizer\.", r"project_hid\.", r"project_q\."]
-
-    def __init__(self, config: Wav2VecConfig):
-        super().__init__(config)
-        self.backbone = Wav2Vec2Model(config.backbone)
-        if getattr(self.backbone, "masked_spec_embed", None) is None:
-            # Wav2Vec2Model only makes its mask embedding when its own SpecAugment is on; pretraining always needs it
-            self.backbone.masked_spec_embed = nn.Parameter(torch.empty(config.backbone.hidden_size).uniform_())
-        self.post_init()
-
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_time_indices: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs: Any,
-    ) -> Wav2Vec2BaseModelOutput:
-        if output_hidden_states is None:
-            output_hidden_states = bool(self.config.output_hidden_states)
-        return self.backbone(
-            input_values,
-            attention_mask=attention_mask,
-            mask_time_indices=mask_time_indices,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
 
 
 class Wav2VecForPreTraining(Wav2VecPreTrainedModel):

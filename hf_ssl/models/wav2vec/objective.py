@@ -6,19 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import datasets
 from datasets import Dataset, IterableDataset
 from transformers import PretrainedConfig, TrainerCallback, Wav2Vec2Config, Wav2Vec2Model
 
 from hf_ssl.backbones import load_backbone
-from hf_ssl.data import find_column
-from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, AudioDataArguments, load_default_audio, prepare_audio
+from hf_ssl.backbones.transformers import load_plain_backbone
+from hf_ssl.data.audio import (
+    DEFAULT_AUDIO_DATASET,
+    AudioDataArguments,
+    feature_extractor_for,
+    load_default_audio,
+    prepare_speech_pretraining,
+)
+from hf_ssl.data.collators import AudioCollator
 from hf_ssl.errors import UsageError
 from hf_ssl.evaluation.features import SPEECH_FEATURES
 from hf_ssl.export import ExportContext, Exporter
 from hf_ssl.export.model_card import write_card
 from hf_ssl.models.wav2vec.callbacks import GumbelTemperatureCallback
-from hf_ssl.models.wav2vec.collator import AudioCollator, feature_extractor_for
 from hf_ssl.models.wav2vec.configuration_wav2vec import Wav2VecConfig
 from hf_ssl.models.wav2vec.export import save_backbone_export
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining, Wav2VecModel
@@ -28,37 +33,12 @@ from hf_ssl.objectives import NEW_MODEL, EncoderObjective, PreparedData, RunCont
 EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
 
-def _is_array_column(feature: Any) -> bool:
-    """A column of bare sample arrays (a list of numbers per row)."""
-    inner = getattr(feature, "feature", None)
-    return isinstance(feature, datasets.List | datasets.Sequence) and isinstance(inner, datasets.Value)
-
-
-def find_audio_column(ds: Dataset | IterableDataset, column: str | None) -> str:
-    """The audio column: detected (an ``Audio`` feature or a column of paths) or named; a named column may also
-    hold bare sample arrays (at ``--audio_sampling_rate``)."""
-    features = ds.features
-    if column is not None and features is not None and column in features and _is_array_column(features[column]):
-        return column
-    return find_column(ds, "audio", column)
-
-
 def prepare_data(
     ds: Dataset | IterableDataset, config: Wav2VecConfig, args: AudioDataArguments, run: RunContext = NEW_MODEL
 ) -> PreparedData:
     """Clips checked (or filtered when streamed) before training: each must decode and last at least the backbone's
     receptive field at ``config.sampling_rate``; cropping and normalisation happen in the collator."""
-    column = find_audio_column(ds, args.audio_column)
-    if args.audio_sampling_rate is not None and args.audio_sampling_rate < 1:
-        raise UsageError(f"--audio_sampling_rate must be a positive number of Hz, got {args.audio_sampling_rate}")
-    ds, skipped = prepare_audio(
-        ds,
-        column,
-        config.sampling_rate,
-        min_samples=config.receptive_field,
-        on_bad_example=args.on_bad_example,
-        array_sampling_rate=args.audio_sampling_rate,
-    )
+    ds, column, skipped = prepare_speech_pretraining(ds, args, config.sampling_rate, config.receptive_field)
     return PreparedData(
         dataset=ds,
         collator=AudioCollator(config, column, array_sampling_rate=args.audio_sampling_rate),
@@ -166,20 +146,7 @@ class Wav2VecObjective(EncoderObjective):
 
     def load_start(self, model: Wav2VecForPreTraining, model_name_or_path: str, source: PretrainedConfig) -> None:
         """The backbone's weights (a new mask embedding where the checkpoint has none)."""
-        try:
-            weights, info = Wav2Vec2Model.from_pretrained(
-                model_name_or_path, config=model.config.backbone, output_loading_info=True
-            )
-        except OSError as err:
-            raise UsageError(f"--model_name_or_path {model_name_or_path}: cannot load its weights: {err}") from err
-        # the mask embedding exists only when the source's own SpecAugment was on; ours then starts fresh
-        missing = [k for k in info.get("missing_keys") or () if k != "masked_spec_embed"]
-        if missing or info.get("mismatched_keys"):
-            raise UsageError(
-                f"--model_name_or_path {model_name_or_path}: its weights do not fit the backbone (missing "
-                f"{missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
-            )
-        model.backbone.load_state_dict(weights.state_dict(), strict=False)
+        load_plain_backbone(model.backbone, Wav2Vec2Model, model_name_or_path, model.config.backbone)
 
 
 WAV2VEC = Wav2VecObjective(

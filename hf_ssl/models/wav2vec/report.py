@@ -15,8 +15,8 @@ import torch
 
 from hf_ssl.data import find_column
 from hf_ssl.data.audio import DEFAULT_AUDIO_DATASET, load_default_audio, undecoded_audio
+from hf_ssl.data.collators import AudioCollator
 from hf_ssl.evaluation.run_report import pyplot
-from hf_ssl.models.wav2vec.collator import AudioCollator
 from hf_ssl.models.wav2vec.modeling_wav2vec import Wav2VecForPreTraining
 
 logger = logging.getLogger(__name__)
