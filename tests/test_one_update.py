@@ -158,7 +158,7 @@ def _model(name: str) -> torch.nn.Module:
         ),
         "data2vec_text": lambda: Data2VecTextPretrainingConfig(
             encoder={**TEXT_ENCODER, "model_type": "data2vec-text", "pad_token_id": 0},
-            top_k_layers=2,
+            average_top_k_layers=2,
             teacher_momentum=0.5,
             teacher_momentum_final=1.0,
         ),

@@ -42,7 +42,7 @@ TINY = {
     "mlm": ["--train_split", "train[:100]", "--vocab_size", "500", "--per_device_train_batch_size", "4"],
     "data2vec_text": [
         "--train_split", "train[:100]", "--vocab_size", "500", "--per_device_train_batch_size", "4",
-        "--top_k_layers", "1",
+        "--average_top_k_layers", "1",
     ],
     "simcse": ["--train_split", "train[:200]"],
     "dino": [

@@ -114,6 +114,7 @@ class ObjectiveChecks:
         assert isinstance(config, self.objective.config_class)
         assert config.model_type.startswith("hf_ssl_")  # never collides with transformers' own keys
 
+    @pytest.mark.slow
     def test_pretrain_help_lists_every_config_flag(self, capsys):
         """``hf-ssl pretrain <objective> --help`` exits 0 and shows a flag for each config argument (argparse formats
         help texts with ``%``, so a docstring's ``%`` must not break it)."""

@@ -34,7 +34,7 @@ TINY_D2V = {
 
 
 def tiny_config(**overrides) -> Data2VecTextPretrainingConfig:
-    return Data2VecTextPretrainingConfig(encoder=dict(TINY_D2V), **{"top_k_layers": 2, **overrides})
+    return Data2VecTextPretrainingConfig(encoder=dict(TINY_D2V), **{"average_top_k_layers": 2, **overrides})
 
 
 @cache
@@ -182,7 +182,7 @@ def test_targets_are_computed_without_gradient_and_the_teacher_gets_none():
 def test_ffn_targets_are_the_feed_forward_output_before_the_last_residual():
     """The "ffn" tap (fairseq's ``fc_results``): with the layer's input to its output block, LayerNorm(ffn + input)
     must give the layer's output; the top-1 "ffn" target is that ffn output, layer-normed."""
-    model = Data2VecTextForPreTraining(tiny_config(top_k_layers=1)).eval()
+    model = Data2VecTextForPreTraining(tiny_config(average_top_k_layers=1)).eval()
     batch = masked_batch(batch_size=2)
     teacher = model.teacher.data2vec_text.encoder
     last = teacher.encoder.layer[-1].output
@@ -196,7 +196,7 @@ def test_ffn_targets_are_the_feed_forward_output_before_the_last_residual():
     ffn = last.dense(intermediate)
     torch.testing.assert_close(last.LayerNorm(ffn + residual), seen["output"])
     torch.testing.assert_close(targets, F.layer_norm(ffn, ffn.shape[-1:]))
-    block = Data2VecTextForPreTraining(tiny_config(top_k_layers=1, target_layer_output="block")).eval()
+    block = Data2VecTextForPreTraining(tiny_config(average_top_k_layers=1, target_layer_output="block")).eval()
     block.load_state_dict(model.state_dict())
     torch.testing.assert_close(
         block.teacher_targets(batch["input_ids"], batch["attention_mask"]),
@@ -230,10 +230,10 @@ def test_teacher_runs_in_eval_mode_and_follows_the_ema(embeddings_from_student):
 
 
 def test_config_is_checked():
-    with pytest.raises(UsageError, match="top_k_layers"):
-        tiny_config(top_k_layers=4)  # the encoder has 3 layers
-    with pytest.raises(UsageError, match="top_k_layers"):
-        tiny_config(top_k_layers=0)
+    with pytest.raises(UsageError, match="average_top_k_layers"):
+        tiny_config(average_top_k_layers=4)  # the encoder has 3 layers
+    with pytest.raises(UsageError, match="average_top_k_layers"):
+        tiny_config(average_top_k_layers=0)
     with pytest.raises(UsageError, match="target_norm"):
         tiny_config(target_norm="batch_norm")
     with pytest.raises(UsageError, match="target_layer_output"):
@@ -246,18 +246,18 @@ def test_config_is_checked():
         tiny_config(mask_replace_prob=0.9, random_replace_prob=0.2)
     default = Data2VecTextPretrainingConfig()
     assert default.encoder.model_type == "data2vec-text" and default.encoder.num_hidden_layers == 4
-    assert default.top_k_layers == 3  # the paper's 8 of 12, in proportion
+    assert default.average_top_k_layers == 3  # the paper's 8 of 12, in proportion
     twelve = Data2VecTextPretrainingConfig(encoder={**TINY_D2V, "num_hidden_layers": 12})
-    assert twelve.top_k_layers == 8
+    assert twelve.average_top_k_layers == 8
 
 
 def test_ffn_targets_need_berts_layout_and_block_targets_work_on_any_encoder():
     distilbert = {"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64,
                   "vocab_size": VOCAB, "max_position_embeddings": 64, "pad_token_id": 0}  # fmt: skip
     with pytest.raises(UsageError, match="target_layer_output 'ffn'"):
-        Data2VecTextForPreTraining(Data2VecTextPretrainingConfig(encoder=distilbert, top_k_layers=2))
+        Data2VecTextForPreTraining(Data2VecTextPretrainingConfig(encoder=distilbert, average_top_k_layers=2))
     model = Data2VecTextForPreTraining(
-        Data2VecTextPretrainingConfig(encoder=distilbert, top_k_layers=2, target_layer_output="block")
+        Data2VecTextPretrainingConfig(encoder=distilbert, average_top_k_layers=2, target_layer_output="block")
     )
     batch = masked_batch(batch_size=2)
     batch.pop("token_type_ids", None)

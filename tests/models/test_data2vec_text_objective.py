@@ -31,7 +31,7 @@ ENCODER = {
 TINY_FLAGS = [
     "--encoder",
     json.dumps(ENCODER),
-    "--top_k_layers",
+    "--average_top_k_layers",
     "2",
     "--max_seq_length",
     "32",
@@ -93,7 +93,9 @@ class TestData2VecTextObjective(ObjectiveChecks):
     objective = OBJECTIVES["data2vec_text"]
 
     def tiny_config(self):
-        return Data2VecTextPretrainingConfig(encoder={**ENCODER, "vocab_size": 100, "pad_token_id": 0}, top_k_layers=2)
+        return Data2VecTextPretrainingConfig(
+            encoder={**ENCODER, "vocab_size": 100, "pad_token_id": 0}, average_top_k_layers=2
+        )
 
     def pretrain_flags(self):
         return TINY_FLAGS

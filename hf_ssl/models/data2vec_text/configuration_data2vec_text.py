@@ -33,7 +33,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         encoder: the encoder's config, as :class:`~hf_ssl.MLMConfig`'s ``encoder`` (a dict carrying its
             ``model_type``, a ``PretrainedConfig`` or a model name/path). ``None`` gives a small
             ``Data2VecTextConfig`` (hidden 256, 4 layers, 4 heads, intermediate 1024, vocabulary 30,522).
-        top_k_layers: how many of the teacher's last layers are averaged into the targets (K, fairseq's
+        average_top_k_layers: how many of the teacher's last layers are averaged into the targets (K, as fairseq's
             ``average_top_k_layers``), at most the encoder's depth. ``None``: the paper's proportion, 8 of 12 layers
             for its base model, ``max(1, round(2/3 * depth))`` (3 of the default encoder's 4); the number is what
             the saved config holds.
@@ -62,7 +62,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
     def __init__(
         self,
         encoder: str | dict[str, Any] | PretrainedConfig | None = None,
-        top_k_layers: int | None = None,
+        average_top_k_layers: int | None = None,
         target_layer_output: str = "ffn",
         target_norm: str = "layer_norm",
         loss_beta: float = 0.0,
@@ -76,7 +76,7 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         **kwargs: Any,
     ):
         self.encoder = resolve_encoder_config(encoder)
-        self.top_k_layers = top_k_layers  # None: resolved from the encoder's depth once it is built
+        self.average_top_k_layers = average_top_k_layers  # None: resolved from the encoder's depth once it is built
         self.target_layer_output = target_layer_output
         self.target_norm = target_norm
         self.loss_beta = loss_beta
@@ -90,18 +90,20 @@ class Data2VecTextPretrainingConfig(PretrainedConfig):
         self.whole_word_masking = False  # read by TokenMaskingCollator.from_config
         super().__init__(**kwargs)  # builds self.encoder into its config class (transformers' SubConfigSpec)
         depth = getattr(self.encoder, "num_hidden_layers", None)
-        if self.top_k_layers is None:
+        if self.average_top_k_layers is None:
             if not isinstance(depth, int):
-                raise UsageError("top_k_layers must be given: the encoder config has no num_hidden_layers")
-            self.top_k_layers = max(1, round(depth * 8 / 12))
+                raise UsageError("average_top_k_layers must be given: the encoder config has no num_hidden_layers")
+            self.average_top_k_layers = max(1, round(depth * 8 / 12))
         self._validate()
 
     def _validate(self) -> None:
         check_text_encoder(self.encoder, "data2vec's masked prediction")
         depth = getattr(self.encoder, "num_hidden_layers", None)
-        check_int("top_k_layers", self.top_k_layers, 1)
-        if isinstance(depth, int) and self.top_k_layers > depth:
-            raise UsageError(f"top_k_layers must be <= the encoder's {depth} layers, got {self.top_k_layers}")
+        check_int("average_top_k_layers", self.average_top_k_layers, 1)
+        if isinstance(depth, int) and self.average_top_k_layers > depth:
+            raise UsageError(
+                f"average_top_k_layers must be <= the encoder's {depth} layers, got {self.average_top_k_layers}"
+            )
         check_choice("target_layer_output", self.target_layer_output, TARGET_LAYER_OUTPUTS)
         check_choice("target_norm", self.target_norm, TARGET_NORMS)
         check_range("loss_beta", self.loss_beta, 0.0)

@@ -140,7 +140,7 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The regression targets of the unmasked tokens: the teacher, in eval mode (no dropout, as fairseq's
-        ``self.ema.model.eval()``) and without gradients, encodes them; its last ``top_k_layers`` outputs, each
+        ``self.ema.model.eval()``) and without gradients, encodes them; its last ``average_top_k_layers`` outputs, each
         normalised by ``target_norm``, are averaged.
 
         Args:
@@ -161,7 +161,9 @@ class Data2VecTextForPreTraining(Data2VecTextPreTrainedModel):
                 layers = list(hidden_states[1:])  # the embeddings' output is not a layer's
             else:
                 layers = collect_outputs(teacher, _ffn_outputs(teacher), input_ids=input_ids, **kwargs)
-        return data2vec_targets(layers, self.config.top_k_layers, (self.config.target_norm,), (), attention_mask)
+        return data2vec_targets(
+            layers, self.config.average_top_k_layers, (self.config.target_norm,), (), attention_mask
+        )
 
     def forward(
         self,
