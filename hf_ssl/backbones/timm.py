@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 from transformers import TimmWrapperConfig, TimmWrapperModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hf_ssl.errors import UsageError
 
@@ -97,6 +98,32 @@ def load_pretrained_weights(backbone: nn.Module, name: str, kwargs: dict[str, An
     """Copy timm's pretrained weights for ``name`` (downloaded by timm, needs the Hub) into ``backbone``."""
     source = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
     backbone.load_state_dict(source.state_dict())
+
+
+class TimmBackboneModel:
+    """The body of an objective's backbone-only ``...Model`` (what ``AutoModel`` loads) around a timm backbone:
+    mixed in before the objective's ``PreTrainedModel`` (``class SimCLRModel(TimmBackboneModel,
+    SimCLRPreTrainedModel)``), whose config carries ``backbone`` (a timm name) and ``timm_kwargs``."""
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, config.timm_kwargs)  # built only: never downloads
+        self.post_init()
+
+    def load_pretrained_backbone(self) -> None:
+        """Replace the backbone's weights by timm's pretrained ones (a new run with ``pretrained_backbone``)."""
+        load_pretrained_weights(self.backbone, self.config.backbone, self.config.timm_kwargs)
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        """``pixel_values (B, C, H, W)`` -> ``last_hidden_state`` (the unpooled feature map or tokens) and
+        ``pooler_output (B, num_features)``."""
+        hidden = self.backbone.forward_features(pixel_values)
+        pooled = self.backbone.forward_head(hidden, pre_logits=True)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 def data_config(image_size: int, num_channels: int, mean: list[float], std: list[float]) -> dict[str, Any]:

@@ -111,9 +111,7 @@ def test_checkpoint_of_a_pretrained_start_loads_offline_and_keeps_its_provenance
 def test_new_model_starts_from_pretrained_weights_only_when_asked(tiny_simclr_config, monkeypatch):
     """Building never downloads; a new run with pretrained_backbone loads timm's weights explicitly, once."""
     calls = []
-    monkeypatch.setattr(
-        "hf_ssl.models.simclr.modeling_simclr.load_pretrained_weights", lambda *args: calls.append(args[1:])
-    )
+    monkeypatch.setattr("hf_ssl.backbones.timm.load_pretrained_weights", lambda *args: calls.append(args[1:]))
     SIMCLR.make_model(tiny_simclr_config)
     assert calls == []
     tiny_simclr_config.pretrained_backbone = True

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
+from hf_ssl.backbones.timm import TimmBackboneModel
 from hf_ssl.health import HealthOutput
 from hf_ssl.models.dino.configuration_dino import DINOConfig
 from hf_ssl.models.dino.loss import DINOLoss, dino_loss, teacher_temperature_at
@@ -162,7 +161,7 @@ teacher's ``teacher.dino.*`` take their place. A checkpoint of a ``DINOModel`` a
 neither pattern and loads as saved."""
 
 
-class DINOModel(DINOPreTrainedModel):
+class DINOModel(TimmBackboneModel, DINOPreTrainedModel):
     """The DINO backbone alone: images in, pooled features out.
 
     Loaded from a pretraining checkpoint (``AutoModel.from_pretrained(run_dir)``, ``hf-ssl evaluate``) it holds the
@@ -180,26 +179,6 @@ class DINOModel(DINOPreTrainedModel):
         :data:`TEACHER_BACKBONE_KEYS`); an explicit ``key_mapping`` replaces that default."""
         kwargs.setdefault("key_mapping", TEACHER_BACKBONE_KEYS)
         return super().from_pretrained(*args, **kwargs)
-
-    def __init__(self, config: DINOConfig):
-        super().__init__(config)
-        self.backbone = create_backbone(config.backbone, config.timm_kwargs)  # built only: never downloads
-        self.post_init()
-
-    def load_pretrained_backbone(self) -> None:
-        """Replace the backbone's weights by timm's pretrained ones (a new run with ``pretrained_backbone``)."""
-        load_pretrained_weights(self.backbone, self.config.backbone, self.config.timm_kwargs)
-
-    @property
-    def num_features(self) -> int:
-        return self.backbone.num_features
-
-    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
-        """``pixel_values (B, C, H, W)`` -> ``last_hidden_state`` (the unpooled feature map or tokens) and
-        ``pooler_output (B, num_features)``."""
-        hidden = self.backbone.forward_features(pixel_values)
-        pooled = self.backbone.forward_head(hidden, pre_logits=True)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 class DINOForPreTraining(DINOPreTrainedModel):

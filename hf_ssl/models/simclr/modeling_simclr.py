@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from hf_ssl.backbones.timm import create_backbone, load_pretrained_weights
+from hf_ssl.backbones.timm import TimmBackboneModel
 from hf_ssl.gradient_cache import chunk_slices, encode_in_chunks, uses_gradient_cache
 from hf_ssl.health import HealthOutput
 from hf_ssl.models.simclr.configuration_simclr import SimCLRConfig
@@ -94,30 +93,10 @@ class SimCLRPreTrainedModel(PreTrainedModel):
                 module.backbone.set_grad_checkpointing(enable)
 
 
-class SimCLRModel(SimCLRPreTrainedModel):
+class SimCLRModel(TimmBackboneModel, SimCLRPreTrainedModel):
     """The SimCLR backbone alone: images in, pooled features out. Loads from a pretraining checkpoint."""
 
     _keys_to_ignore_on_load_unexpected = [r"projection_head\."]
-
-    def __init__(self, config: SimCLRConfig):
-        super().__init__(config)
-        self.backbone = create_backbone(config.backbone, config.timm_kwargs)  # built only: never downloads
-        self.post_init()
-
-    def load_pretrained_backbone(self) -> None:
-        """Replace the backbone's weights by timm's pretrained ones (a new run with ``pretrained_backbone``)."""
-        load_pretrained_weights(self.backbone, self.config.backbone, self.config.timm_kwargs)
-
-    @property
-    def num_features(self) -> int:
-        return self.backbone.num_features
-
-    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
-        """``pixel_values (B, C, H, W)`` -> ``last_hidden_state`` (the unpooled feature map or tokens) and
-        ``pooler_output (B, num_features)``."""
-        hidden = self.backbone.forward_features(pixel_values)
-        pooled = self.backbone.forward_head(hidden, pre_logits=True)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 class SimCLRForPreTraining(SimCLRPreTrainedModel):
