@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import inspect
 import json
 import logging
@@ -515,6 +516,11 @@ def run(argv: list[str]) -> None:
                 return
             raise UsageError(f"hf-ssl pretrain needs an objective: {', '.join(sorted(OBJECTIVES))}")
         pretrain(get_objective(rest[0]), rest[1:])
+        # The trainer, the model and DDP's wrapper with its gloo process group are held in reference cycles: collect
+        # them now, while the interpreter is whole. Left to the exit, gloo's worker threads are freed while the
+        # interpreter is torn down, and a finished 2-process run can abort ("terminate called without an active
+        # exception"), which torchrun reports as a failed run.
+        gc.collect()
     elif command == "evaluate":
         evaluate_command(rest)
     elif command == "export":
