@@ -94,6 +94,24 @@ def create_backbone(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
+def check_input_sizes(name: str, kwargs: dict[str, Any], num_channels: int, sizes: dict[str, int]) -> None:
+    """Raise :class:`UsageError` naming the flag when the backbone cannot take square images of a size in ``sizes``
+    (``{flag: side}``): one image of each size goes through a freshly built backbone before training, instead of the
+    first step failing deep inside a convolution (a stride too large for a small crop, a ViT patch that does not
+    divide it)."""
+    backbone = create_backbone(name, kwargs).eval()
+    for flag, size in sizes.items():
+        try:
+            with torch.no_grad():
+                backbone(torch.zeros(1, num_channels, size, size))
+        except (RuntimeError, AssertionError, ValueError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(
+                f"{flag} {size}: backbone {name!r} cannot take {size} x {size} images ({reason}); use larger images "
+                "or another backbone"
+            ) from None
+
+
 def load_pretrained_weights(backbone: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
     """Copy timm's pretrained weights for ``name`` (downloaded by timm, needs the Hub) into ``backbone``."""
     source = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)

@@ -3,6 +3,8 @@ global views, gets no gradient, follows the EMA; save / from_pretrained round tr
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from common import ObjectiveChecks
@@ -11,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import TrainerState
 
+from hf_ssl.cli import main
 from hf_ssl.errors import UsageError
 from hf_ssl.models.dino import DINO
 from hf_ssl.models.dino.callbacks import DINOScheduleCallback
@@ -252,6 +255,26 @@ def test_bad_inputs_are_refused():
         model(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="at least two views"):
         model(torch.randn(2, 1, 3, 32, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backbone", "convnext_atto", "--small_image_stem", "true", "--local_crop_size", "16"],
+         "--local_crop_size 16: backbone 'convnext_atto' cannot take 16 x 16 images"),
+        (["--backbone", "vit_tiny_patch16_224", "--backbone_kwargs", '{"depth": 1}', "--local_crop_size", "20"],
+         "--local_crop_size 20: backbone 'vit_tiny_patch16_224' cannot take 20 x 20 images .*divisible"),
+    ],
+)  # fmt: skip
+def test_crops_the_backbone_cannot_take_are_refused_before_training(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "dino", *flags, "--image_size", "32", "--out_dim", "64", "--max_steps", "1",
+              "--output_dir", str(tmp_path), "--report_to", "none"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search("hf-ssl: error: " + message, err) and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # refused before anything was trained or written
 
 
 # --- the objective ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datasets import Dataset, IterableDataset
 from transformers import AutoModelForPreTraining
 
-from hf_ssl.backbones.timm import image_processor
+from hf_ssl.backbones.timm import check_input_sizes, image_processor
 from hf_ssl.data import ImageCollator, ImageDataArguments, find_column, pil_mode, prepare_images
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.export import ExportContext, Exporter
@@ -25,7 +25,12 @@ PAPER = ("arXiv:2104.14294", "Emerging Properties in Self-Supervised Vision Tran
 def prepare_data(
     ds: Dataset | IterableDataset, config: DINOConfig, args: ImageDataArguments, run: RunContext = NEW_MODEL
 ) -> PreparedData:
-    """Images checked (or filtered when streamed) before training; multi-crop views made in the collator."""
+    """Images checked (or filtered when streamed) before training, and the backbone's take of both crop sizes;
+    multi-crop views made in the collator."""
+    sizes = {"--image_size": config.image_size}
+    if config.num_local_crops:
+        sizes["--local_crop_size"] = config.local_crop_size
+    check_input_sizes(config.backbone, config.timm_kwargs, config.num_channels, sizes)
     column = find_column(ds, "image", args.image_column)
     ds, skipped = prepare_images(ds, column, args.on_bad_example)
     return PreparedData(
