@@ -58,6 +58,12 @@ def test_config_file_values_are_overridden_by_later_flags(tmp_path):
 @pytest.mark.slow
 def test_pretrain_on_the_embedded_default(tmp_path):
     out = tmp_path / "run"
+
+    def runs_objects() -> set[int]:
+        return {id(obj) for obj in gc.get_objects() if isinstance(obj, (SSLTrainer, SimCLRModel))}
+
+    gc.collect()
+    before = runs_objects()  # what earlier tests still hold
     gc.disable()  # only the command's own collection may free the run's reference cycles
     try:
         main(["pretrain", "simclr", *TINY, "--loss_temperature", "0.2", "--max_steps", "4",
@@ -65,7 +71,7 @@ def test_pretrain_on_the_embedded_default(tmp_path):
               "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm", "true"])  # fmt: skip
         # nothing of the run outlives the command: left to the interpreter's exit, a DDP wrapper's gloo threads can
         # abort a finished multi-process run
-        assert not [obj for obj in gc.get_objects() if isinstance(obj, (SSLTrainer, SimCLRModel))]
+        assert not runs_objects() - before
     finally:
         gc.enable()
     assert (out / "model.safetensors").exists()
