@@ -216,6 +216,8 @@ CASES = [
          ("column 'photo' not found", "image (Image)")),
     Case("dataset-path-missing", "image", lambda t, c: _simclr(t, t / "no" / "such"), "error",
          ("--dataset_name {tmp}/no/such: no such file or folder",)),
+    Case("image-size-too-small-for-backbone", "image", lambda t, c: _simclr(t, _images(t), "--image_size", "8"),
+         "error", ("--image_size 8: backbone 'convnext_atto' cannot take 8 x 8 images",)),
     Case("mask-ratio-out-of-range", "image", lambda t, c: ["pretrain", "mae", "--mask_ratio", "1", "--output_dir",
          str(t / "run")], "error", ("mask_ratio must be in (0, 1), got 1.0",)),
     # text (MLM)

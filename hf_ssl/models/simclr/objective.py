@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import Dataset, IterableDataset
 
 from hf_ssl.backbones import load_backbone
-from hf_ssl.backbones.timm import image_processor
+from hf_ssl.backbones.timm import check_input_sizes, image_processor
 from hf_ssl.data import ImageCollator, ImageDataArguments, find_column, pil_mode, prepare_images
 from hf_ssl.evaluation.features import FeatureSpec
 from hf_ssl.export import ExportContext, Exporter
@@ -22,7 +22,9 @@ PAPER = ("arXiv:2002.05709", "A Simple Framework for Contrastive Learning of Vis
 def prepare_data(
     ds: Dataset | IterableDataset, config: SimCLRConfig, args: ImageDataArguments, run: RunContext = NEW_MODEL
 ) -> PreparedData:
-    """Images checked (or filtered when streamed) before training; views augmented in the collator."""
+    """Images checked (or filtered when streamed) before training, and the backbone's take of the view size; views
+    augmented in the collator."""
+    check_input_sizes(config.backbone, config.timm_kwargs, config.num_channels, {"--image_size": config.image_size})
     column = find_column(ds, "image", args.image_column)
     ds, skipped = prepare_images(ds, column, args.on_bad_example)
     return PreparedData(
