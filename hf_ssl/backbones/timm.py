@@ -98,8 +98,10 @@ def check_input_sizes(name: str, kwargs: dict[str, Any], num_channels: int, size
     """Raise :class:`UsageError` naming the flag when the backbone cannot take square images of a size in ``sizes``
     (``{flag: side}``): one image of each size goes through a freshly built backbone before training, instead of the
     first step failing deep inside a convolution (a stride too large for a small crop, a ViT patch that does not
-    divide it)."""
-    backbone = create_backbone(name, kwargs).eval()
+    divide it). The check's backbone is built under a forked random state, so the run's seeded initialisation is
+    the same as without it."""
+    with torch.random.fork_rng(devices=[]):
+        backbone = create_backbone(name, kwargs).eval()
     for flag, size in sizes.items():
         try:
             with torch.no_grad():

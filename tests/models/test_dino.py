@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import TrainerState
 
+from hf_ssl.backbones.timm import check_input_sizes
 from hf_ssl.cli import main
 from hf_ssl.errors import UsageError
 from hf_ssl.models.dino import DINO
@@ -275,6 +276,17 @@ def test_crops_the_backbone_cannot_take_are_refused_before_training(tmp_path, ca
     err = capsys.readouterr().err
     assert re.search("hf-ssl: error: " + message, err) and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # refused before anything was trained or written
+
+
+def test_the_crop_size_check_leaves_the_seeded_initialisation_alone():
+    """The check builds its own backbone before the run builds the model: under a forked random state, so a seed
+    gives the same initial weights with the check as without it."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    check_input_sizes(config.backbone, config.timm_kwargs, 3, {"--image_size": 32, "--local_crop_size": 16})
+    assert torch.equal(torch.rand(4), expected)
 
 
 # --- the objective ------------------------------------------------------------------------------------------------
